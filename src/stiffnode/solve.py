@@ -1,0 +1,302 @@
+"""One entry point over `diffrax.diffeqsolve`: solvers by name or object, and statistics."""
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import optimistix as optx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Int, PyTree, Real
+
+from .stats import count_vf_evals
+
+VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
+
+
+def _zero_field(t, y, args):
+    return jtu.tree_map(jnp.zeros_like, y)
+
+
+def _newton_root_finder():
+    return diffrax.with_stepsize_controller_tols(optx.Newton)()
+
+
+# KenCarp uses full Newton: with diffrax's default VeryChord its stage solves stall (steps
+# shrink towards zero on y' = -y, diffrax 0.7.2), with Newton it converges.
+_SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "implicit_euler": diffrax.ImplicitEuler,
+    "kvaerno3": diffrax.Kvaerno3,
+    "kvaerno4": diffrax.Kvaerno4,
+    "kvaerno5": diffrax.Kvaerno5,
+    "kencarp3": lambda: diffrax.KenCarp3(root_finder=_newton_root_finder()),
+    "kencarp4": lambda: diffrax.KenCarp4(root_finder=_newton_root_finder()),
+    "kencarp5": lambda: diffrax.KenCarp5(root_finder=_newton_root_finder()),
+}
+
+SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
+"""The solver names `solve` accepts (case-insensitive)."""
+
+_ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
+    "recursive": diffrax.RecursiveCheckpointAdjoint,
+    "backsolve": diffrax.BacksolveAdjoint,
+    "direct": diffrax.DirectAdjoint,
+}
+
+
+def get_solver(solver: str | diffrax.AbstractSolver) -> diffrax.AbstractSolver:
+    """The diffrax solver named `solver` (one of `SOLVERS`), or `solver` itself."""
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    if isinstance(solver, str):
+        factory = _SOLVER_FACTORIES.get(solver.lower())
+        if factory is not None:
+            return factory()
+        raise ValueError(f"unknown solver {solver!r}; known solvers: {', '.join(SOLVERS)}")
+    raise TypeError(f"solver must be a name or a diffrax.AbstractSolver, got {type(solver)}")
+
+
+class Solution(eqx.Module):
+    """What `solve` returns.
+
+    - `ts`, `ys`: the save times and the states there (`ys` has a leading time axis).
+    - `stats`: a dict of int arrays, see `stiffnode.stats`.
+    - `result`: diffrax's result code; always `successful` when `throw=True`.
+    - `solution`: the underlying `diffrax.Solution` (dense output via `.evaluate`).
+    """
+
+    ts: Array
+    ys: PyTree[Array]
+    stats: dict[str, Int[Array, ""]]
+    result: diffrax.RESULTS
+    solution: diffrax.Solution
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        """Dense output (needs `saveat=diffrax.SaveAt(dense=True)`)."""
+        return self.solution.evaluate(t0, t1, left)
+
+
+def _is_traced(x) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(x))
+
+
+def _check_tolerance(name: str, value):
+    if _is_traced(value):
+        return eqx.error_if(value, jnp.any(jnp.asarray(value) <= 0), f"{name} must be positive")
+    arr = jnp.asarray(value)
+    if arr.size == 0 or not bool(jnp.all(arr > 0)):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def _check_y0(terms, t0, y0, args):
+    leaves = jtu.tree_leaves(y0)
+    if not leaves:
+        raise ValueError("y0 is empty")
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(f"y0 must be floating point, got dtype {dtype}")
+    want = jtu.tree_map(lambda x: (jnp.shape(x), jnp.result_type(x)), y0)
+    for term in terms.terms if isinstance(terms, diffrax.MultiTerm) else (terms,):
+        try:
+            out = jax.eval_shape(lambda term=term: term.vf(t0, y0, args))
+        except Exception as e:  # noqa: BLE001 - re-raised with the shape that caused it
+            raise ValueError(
+                f"the vector field cannot be evaluated at y0 of shape/dtype {want}: {e}"
+            ) from e
+        got = jtu.tree_map(lambda x: (x.shape, x.dtype), out)
+        if jtu.tree_structure(want) != jtu.tree_structure(got) or want != got:
+            raise ValueError(
+                f"the vector field maps y0 of shape/dtype {want} to {got}; they must match "
+                "(check y0's shape, and its dtype against the model's parameters)"
+            )
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    if _is_traced(y0):
+        return eqx.error_if(y0, ~finite, "y0 contains NaN or inf")
+    if not bool(finite):
+        raise ValueError("y0 contains NaN or inf")
+    return y0
+
+
+def _terms(vector_field, solver):
+    """An ODETerm; for IMEX (KenCarp) solvers the pair (explicit, implicit).
+
+    A single field given to an IMEX solver is treated as wholly implicit (zero explicit part);
+    a pair `(explicit_field, implicit_field)` is split as given.
+    """
+    imex = isinstance(getattr(solver, "tableau", None), diffrax.MultiButcherTableau)
+    if isinstance(vector_field, tuple):
+        if not imex:
+            raise ValueError(
+                f"a pair of vector fields (explicit, implicit) needs an IMEX solver "
+                f"(kencarp3/4/5), not {type(solver).__name__}"
+            )
+        explicit, implicit = vector_field
+        return diffrax.MultiTerm(diffrax.ODETerm(explicit), diffrax.ODETerm(implicit))
+    if imex:
+        return diffrax.MultiTerm(diffrax.ODETerm(_zero_field), diffrax.ODETerm(vector_field))
+    return diffrax.ODETerm(vector_field)
+
+
+def _controller(stepsize_controller, solver, rtol, atol, dt0, jump_ts):
+    """The diffrax step-size controller, and the jump times it steps onto (or None)."""
+    if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
+        return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
+    adaptive_solver = isinstance(solver, diffrax.AbstractAdaptiveSolver)
+    if stepsize_controller is None:
+        stepsize_controller = "pid" if adaptive_solver else "constant"
+    if stepsize_controller == "constant":
+        if dt0 is None:
+            raise ValueError(
+                f"fixed steps need dt0 ({type(solver).__name__} has no error estimate "
+                "for adaptive stepping); e.g. dt0=(t1 - t0) / num_steps"
+            )
+        return diffrax.ConstantStepSize(), None
+    if stepsize_controller == "pid":
+        if not adaptive_solver:
+            raise ValueError(
+                f"{type(solver).__name__} has no error estimate: use "
+                "stepsize_controller='constant' with dt0"
+            )
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        if jump_ts is None:
+            return controller, None
+        clipped = diffrax.ClipStepSizeController(controller, jump_ts=jnp.asarray(jump_ts))
+        return clipped, clipped.jump_ts
+    raise ValueError(
+        f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant' or a "
+        "diffrax.AbstractStepSizeController"
+    )
+
+
+def _saveat(saveat):
+    if saveat is None:
+        return diffrax.SaveAt(t1=True)
+    if isinstance(saveat, diffrax.SaveAt):
+        return saveat
+    return diffrax.SaveAt(ts=jnp.asarray(saveat))
+
+
+def _adjoint(adjoint):
+    if isinstance(adjoint, diffrax.AbstractAdjoint):
+        return adjoint
+    try:
+        return _ADJOINTS[adjoint]()
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown adjoint {adjoint!r}; use one of {sorted(_ADJOINTS)} or a "
+            "diffrax.AbstractAdjoint"
+        ) from None
+
+
+def solve(
+    vector_field: VectorField | tuple[VectorField, VectorField],
+    y0: PyTree[ArrayLike],
+    t0: Real[ArrayLike, ""],
+    t1: Real[ArrayLike, ""],
+    *,
+    solver: str | diffrax.AbstractSolver = "tsit5",
+    rtol: Real[ArrayLike, "..."] = 1e-6,
+    atol: Real[ArrayLike, "..."] = 1e-9,
+    dt0: Real[ArrayLike, ""] | None = None,
+    saveat: diffrax.SaveAt | Sequence[float] | Array | None = None,
+    args: PyTree[Any] = None,
+    max_steps: int = 16**4,
+    stepsize_controller: Literal["pid", "constant"]
+    | diffrax.AbstractStepSizeController
+    | None = None,
+    adjoint: Literal["recursive", "backsolve", "direct"] | diffrax.AbstractAdjoint = "recursive",
+    jump_ts: Sequence[float] | Array | None = None,
+    throw: bool = True,
+    progress: bool = False,
+) -> Solution:
+    """Solve `dy/dt = vector_field(t, y, args)`, `y(t0) = y0`, from `t0` to `t1`.
+
+    Tolerances: the adaptive (PID) controller accepts a step when the solver's local error
+    estimate `e` satisfies `||e_i / (atol + rtol * max(|y0_i|, |y1_i|))||_rms <= 1`; the
+    global error is typically a small multiple of that, not bounded by it.
+
+    Args:
+        vector_field: `f(t, y, args)` as in diffrax (any callable or equinox module); for
+            the IMEX solvers `kencarp*`, optionally a pair `(explicit, implicit)`.
+        solver: a name from `SOLVERS` or any `diffrax.AbstractSolver`.
+        rtol, atol: relative and absolute tolerances (positive) of the PID controller.
+        dt0: initial step; `None` picks one automatically (adaptive stepping only).
+        saveat: `None` (final state only), an array of times, or a `diffrax.SaveAt`.
+        max_steps: step budget (accepted plus rejected); exhausting it is an error.
+        stepsize_controller: `"pid"` (default when the solver has an error estimate),
+            `"constant"` (fixed steps of `dt0`; default otherwise), or a diffrax controller.
+        adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
+            exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
+            memory, gradient of the continuous problem up to the backward solve's error),
+            `"direct"`, or a `diffrax.AbstractAdjoint`.
+        jump_ts: times where the vector field is discontinuous in t; steps land on them.
+        throw: raise (at run time, also under `jit`) if the solve fails, e.g. when the step
+            budget is exhausted; with `throw=False` check `Solution.result` yourself.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A `Solution` with `.ts`, `.ys`, `.stats` (see `stiffnode.stats`) and `.result`.
+    """
+    named = isinstance(solver, str)
+    solver = get_solver(solver)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    rtol = _check_tolerance("rtol", rtol)
+    atol = _check_tolerance("atol", atol)
+    terms = _terms(vector_field, solver)
+    y0 = _check_y0(terms, t0, y0, args)
+    controller, jump_ts = _controller(stepsize_controller, solver, rtol, atol, dt0, jump_ts)
+    if named and isinstance(solver, diffrax.AbstractImplicitSolver) and not isinstance(
+        controller, diffrax.PIDController | diffrax.ClipStepSizeController
+    ):
+        # Fixed steps: the Newton iterations take their tolerances from rtol/atol.
+        root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
+        solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args=args,
+        saveat=_saveat(saveat),
+        stepsize_controller=controller,
+        adjoint=_adjoint(adjoint),
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+    )
+    ts, ys = sol.ts, sol.ys
+    if throw:
+        ts, ys = eqx.error_if(
+            (ts, ys),
+            sol.result == diffrax.RESULTS.max_steps_reached,
+            f"stiffnode.solve: step budget exhausted: max_steps={max_steps} steps were taken "
+            "before reaching t1; raise max_steps or loosen rtol/atol",
+        )
+        ts, ys = sol.result.error_if((ts, ys), sol.result != diffrax.RESULTS.successful)
+    adaptive_start = dt0 is None and not isinstance(controller, diffrax.ConstantStepSize)
+    num_jumps = 0
+    if jump_ts is not None:
+        lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
+        num_jumps = jnp.sum((jump_ts > lo) & (jump_ts < hi))
+    stats = {
+        "num_steps": sol.stats["num_steps"],
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+        "num_vf_evals": count_vf_evals(
+            solver, terms, sol.stats["num_steps"], adaptive_start, num_jumps
+        ),
+    }
+    return Solution(ts=ts, ys=ys, stats=stats, result=sol.result, solution=sol)
