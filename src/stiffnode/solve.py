@@ -9,6 +9,7 @@ import jax
 import optimistix as optx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from .stats import count_vf_evals
@@ -91,10 +92,23 @@ def _is_traced(x) -> bool:
 def _check_tolerance(name: str, value):
     if _is_traced(value):
         return eqx.error_if(value, jnp.any(jnp.asarray(value) <= 0), f"{name} must be positive")
-    arr = jnp.asarray(value)
-    if arr.size == 0 or not bool(jnp.all(arr > 0)):
+    arr = np.asarray(value)
+    if arr.size == 0 or not np.all(arr > 0):
         raise ValueError(f"{name} must be positive, got {value!r}")
     return value
+
+
+def _times_like_state(y0, t0, t1, dt0):
+    """Python-number times take the state's precision (diffrax would promote a float32 state
+    to float64 times under x64)."""
+    dtype = jnp.result_type(*(jnp.real(jnp.asarray(x)) for x in jtu.tree_leaves(y0)))
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return t0, t1, dt0
+
+    def cast(t):
+        return jnp.asarray(t, dtype) if isinstance(t, int | float) else t
+
+    return cast(t0), cast(t1), None if dt0 is None else cast(dt0)
 
 
 def _check_y0(terms, t0, y0, args):
@@ -119,10 +133,10 @@ def _check_y0(terms, t0, y0, args):
                 f"the vector field maps y0 of shape/dtype {want} to {got}; they must match "
                 "(check y0's shape, and its dtype against the model's parameters)"
             )
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
     if _is_traced(y0):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
         return eqx.error_if(y0, ~finite, "y0 contains NaN or inf")
-    if not bool(finite):
+    if not all(np.all(np.isfinite(x)) for x in leaves):
         raise ValueError("y0 contains NaN or inf")
     return y0
 
@@ -147,7 +161,7 @@ def _terms(vector_field, solver):
     return diffrax.ODETerm(vector_field)
 
 
-def _controller(stepsize_controller, solver, rtol, atol, dt0, jump_ts):
+def _controller(stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts):
     """The diffrax step-size controller, and the jump times it steps onto (or None)."""
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
         return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
@@ -170,7 +184,8 @@ def _controller(stepsize_controller, solver, rtol, atol, dt0, jump_ts):
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         if jump_ts is None:
             return controller, None
-        clipped = diffrax.ClipStepSizeController(controller, jump_ts=jnp.asarray(jump_ts))
+        jump_ts = jnp.asarray(jump_ts, jnp.result_type(t0, t1))
+        clipped = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
         return clipped, clipped.jump_ts
     raise ValueError(
         f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant' or a "
@@ -254,8 +269,11 @@ def solve(
     rtol = _check_tolerance("rtol", rtol)
     atol = _check_tolerance("atol", atol)
     terms = _terms(vector_field, solver)
+    t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)
     y0 = _check_y0(terms, t0, y0, args)
-    controller, jump_ts = _controller(stepsize_controller, solver, rtol, atol, dt0, jump_ts)
+    controller, jump_ts = _controller(
+        stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts
+    )
     if named and isinstance(solver, diffrax.AbstractImplicitSolver) and not isinstance(
         controller, diffrax.PIDController | diffrax.ClipStepSizeController
     ):
@@ -277,15 +295,14 @@ def solve(
         throw=False,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
     )
-    ts, ys = sol.ts, sol.ys
     if throw:
-        ts, ys = eqx.error_if(
-            (ts, ys),
+        sol = eqx.error_if(
+            sol,
             sol.result == diffrax.RESULTS.max_steps_reached,
             f"stiffnode.solve: step budget exhausted: max_steps={max_steps} steps were taken "
             "before reaching t1; raise max_steps or loosen rtol/atol",
         )
-        ts, ys = sol.result.error_if((ts, ys), sol.result != diffrax.RESULTS.successful)
+        sol = sol.result.error_if(sol, sol.result != diffrax.RESULTS.successful)
     adaptive_start = dt0 is None and not isinstance(controller, diffrax.ConstantStepSize)
     num_jumps = 0
     if jump_ts is not None:
@@ -299,4 +316,4 @@ def solve(
             solver, terms, sol.stats["num_steps"], adaptive_start, num_jumps
         ),
     }
-    return Solution(ts=ts, ys=ys, stats=stats, result=sol.result, solution=sol)
+    return Solution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result, solution=sol)
