@@ -6,10 +6,10 @@ from typing import Any, Literal
 import diffrax
 import equinox as eqx
 import jax
-import optimistix as optx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from .stats import count_vf_evals

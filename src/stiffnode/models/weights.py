@@ -166,7 +166,10 @@ class PolynomialWeights(AbstractLayerWeights):
     def to_layers(self):
         V = _chebyshev_basis(jnp.asarray(layer_times(self.depth, self.T)), self.degree, self.T)
         V = V.astype(self.weight_coeffs.dtype)
-        return jnp.tensordot(V, self.weight_coeffs, axes=1), jnp.tensordot(V, self.bias_coeffs, axes=1)
+        return (
+            jnp.tensordot(V, self.weight_coeffs, axes=1),
+            jnp.tensordot(V, self.bias_coeffs, axes=1),
+        )
 
 
 def _no_options(cls, kwargs):
