@@ -1,6 +1,6 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import models, stats
+from . import gradients, models, stats
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -14,6 +14,7 @@ __all__ = [
     "ResNet",
     "Solution",
     "get_solver",
+    "gradients",
     "models",
     "solve",
     "stats",
