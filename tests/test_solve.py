@@ -141,17 +141,32 @@ def _counting(f, counter):
     return g
 
 
+@pytest.mark.parametrize("dt0", [None, 0.01])
 @pytest.mark.parametrize("name", ["euler", "heun", "midpoint", "tsit5", "dopri5", "dopri8"])
-def test_vf_evals_counted_for_explicit_solvers(name):
-    import jax.experimental  # noqa: F401
-
+def test_vf_evals_counted_for_explicit_solvers(name, dt0):
+    if name == "euler" and dt0 is None:
+        pytest.skip("Euler has fixed steps only")
     counter = [0]
-    kwargs = {"dt0": 0.01}
-    if name == "euler":
-        kwargs["max_steps"] = 200
     sol = sn.solve(_counting(linear, counter), jnp.asarray(Y0), 0.0, T1, solver=name,
-                   rtol=1e-6, atol=1e-8, **kwargs)
+                   rtol=1e-5, atol=1e-7, dt0=dt0, max_steps=200 if name == "euler" else 65536)
     assert int(sol.stats["num_vf_evals"]) == counter[0]
+
+
+def test_vf_evals_with_jumps_miss_at_most_the_restarts_after_rejections():
+    counter = [0]
+    sol = sn.solve(_counting(linear, counter), jnp.asarray(Y0), 0.0, T1, solver="tsit5",
+                   rtol=1e-8, atol=1e-10, jump_ts=[0.3, 0.6, 0.9, 1.2])
+    missed = counter[0] - int(sol.stats["num_vf_evals"])
+    assert 0 <= missed <= int(sol.stats["num_rejected_steps"])
+
+
+def test_initial_step_is_chosen_from_the_problem_scale():
+    # A fast decay needs a first step far below diffrax's fixed fallback of 0.01.
+    sol = sn.solve(lambda t, y, a: -1e4 * y, jnp.ones(2), 0.0, 1e-3, solver="tsit5",
+                   rtol=1e-6, atol=1e-9, saveat=diffrax.SaveAt(steps=True), max_steps=500)
+    first = float(sol.ts[0])
+    assert 1e-8 < first < 1e-4
+    assert int(sol.stats["num_rejected_steps"]) <= 2
 
 
 def test_vf_evals_not_counted_for_implicit_solvers():

@@ -161,6 +161,44 @@ def _terms(vector_field, solver):
     return diffrax.ODETerm(vector_field)
 
 
+def _initial_step(terms, solver, t0, t1, y0, args, rtol, atol):
+    """The first step size, by Hairer, Norsett & Wanner's rule (Solving ODEs I, II.4).
+
+    With `d0 = ||y0||`, `d1 = ||f(t0, y0)||` and `d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0`
+    in the tolerance-scaled RMS norm: `h0 = 0.01 d0 / d1`, then
+    `h = min(100 h0, (0.01 / max(d1, d2))^(1 / (p + 1)))`. Two vector-field evaluations.
+    (diffrax 0.7.2's own selection is bypassed inside `diffeqsolve`, which then starts with a
+    fixed 0.01 whatever the problem's scale.)
+    """
+
+    def f(t, y):
+        out = terms.vf(t, y, args)
+        if isinstance(terms, diffrax.MultiTerm):
+            out = jtu.tree_map(lambda *parts: sum(parts), *out)
+        return out
+
+    def norm(tree, scale):
+        leaves = [jnp.ravel(x / s) for x, s in zip(jtu.tree_leaves(tree), scale, strict=True)]
+        return jnp.sqrt(jnp.mean(jnp.abs(jnp.concatenate(leaves)) ** 2))
+
+    direction = jnp.where(t1 >= t0, 1, -1)
+    scale = [atol + rtol * jnp.abs(x) for x in jtu.tree_leaves(y0)]
+    f0 = f(t0, y0)
+    d0, d1 = norm(y0, scale), norm(f0, scale)
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.where(d1 == 0, 1, d1))
+    y1 = jtu.tree_map(lambda y, k: y + direction * h0 * k, y0, f0)
+    f1 = f(t0 + direction * h0, y1)
+    d2 = norm(jtu.tree_map(jnp.subtract, f1, f0), scale) / h0
+    max_d = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        max_d <= 1e-15,
+        jnp.maximum(1e-6, 1e-3 * h0),
+        (0.01 / jnp.where(max_d == 0, 1, max_d)) ** (1 / solver.error_order(terms)),
+    )
+    h = jnp.minimum(jnp.minimum(100 * h0, h1), jnp.abs(t1 - t0))
+    return jax.lax.stop_gradient(direction * h).astype(jnp.result_type(t0, t1))
+
+
 def _controller(stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts):
     """The diffrax step-size controller, and the jump times it steps onto (or None)."""
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
@@ -280,6 +318,9 @@ def solve(
         # Fixed steps: the Newton iterations take their tolerances from rtol/atol.
         root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
         solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
+    adaptive_start = dt0 is None and not isinstance(controller, diffrax.ConstantStepSize)
+    if adaptive_start:
+        dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     sol = diffrax.diffeqsolve(
         terms,
         solver,
@@ -303,7 +344,6 @@ def solve(
             "before reaching t1; raise max_steps or loosen rtol/atol",
         )
         sol = sol.result.error_if(sol, sol.result != diffrax.RESULTS.successful)
-    adaptive_start = dt0 is None and not isinstance(controller, diffrax.ConstantStepSize)
     num_jumps = 0
     if jump_ts is not None:
         lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)

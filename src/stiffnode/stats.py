@@ -4,16 +4,18 @@
 
 - `num_steps`: step attempts, accepted plus rejected.
 - `num_accepted_steps`, `num_rejected_steps`.
-- `num_vf_evals`: evaluations of the vector field in the forward solve, rejected steps and
-  the automatic initial-step selection included (a backsolve adjoint's backward solve is not
-  included). Counted for explicit Runge--Kutta methods and Euler, where every step attempt
-  costs the tableau's stages, one fewer when first-same-as-last (FSAL), whose first stage is
-  evaluated afresh only on the first step and after each jump in `jump_ts`. (One case is
-  not seen from outside diffrax: a step rejected right after the start or a jump makes an
-  FSAL method evaluate its first stage again; those few evaluations are missing from the
-  count, which is otherwise exact.) For diffrax's implicit
-  solvers the Newton iterations happen inside diffrax and cannot be counted from outside:
-  there it is -1 (not counted), never a guess.
+- `num_vf_evals`: evaluations of the vector field in the forward solve, with rejected steps
+  and the automatic initial-step selection (two evaluations, `solve._initial_step`); a
+  backsolve adjoint's backward solve is not included.
+
+  Counted for Euler and explicit Runge--Kutta methods: every step attempt costs the
+  tableau's stages, one fewer for first-same-as-last (FSAL) methods, which evaluate their
+  first stage afresh only on the first step and after each jump in `jump_ts`. One case is
+  invisible from outside diffrax: a step rejected right after the start or a jump makes an
+  FSAL method evaluate its first stage again; those few evaluations are missing, the count
+  is otherwise exact. For diffrax's implicit solvers the Newton iterations run inside
+  diffrax and cannot be counted from outside: there the value is -1 (`NOT_COUNTED`),
+  never a guess.
 """
 
 import diffrax
@@ -44,7 +46,7 @@ def count_vf_evals(
 ) -> Int[Array, ""]:
     """Vector-field evaluations of a solve with `num_steps` step attempts.
 
-    `adaptive_start`: the initial step was chosen automatically (two evaluations).
+    `adaptive_start`: the initial step was chosen by `solve._initial_step` (two evaluations).
     `num_jumps`: discontinuities stepped onto (each restarts an FSAL method's first stage).
     """
     per_step = _evals_per_step_and_init(solver)
