@@ -1,0 +1,42 @@
+"""Shared by the benchmark scripts: timing after compilation, and the environment record."""
+
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib.metadata import version
+
+import jax
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def time_compiled(fn, *args, repeats: int = 7):
+    """(compile seconds, median run seconds after compilation) of `jax.jit(fn)(*args)`."""
+    jitted = jax.jit(fn)
+    start = time.perf_counter()
+    jax.block_until_ready(jitted(*args))
+    compile_s = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(*args))
+        runs.append(time.perf_counter() - start)
+    return compile_s, statistics.median(runs)
+
+
+def environment() -> dict:
+    """Package versions and the machine, for the JSON record."""
+    names = ["stiffnode", "jax", "jaxlib", "diffrax", "equinox", "optax"]
+    return {
+        "versions": {name: version(name) for name in names} | {"python": sys.version.split()[0]},
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "jax_backend": jax.default_backend(),
+            "jax_devices": [str(d) for d in jax.devices()],
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }

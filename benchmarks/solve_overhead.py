@@ -1,0 +1,114 @@
+"""stiffnode.solve against diffrax.diffeqsolve called directly, side by side in one run.
+
+For each problem and solver (Tsit5, Kvaerno5), three jit-compiled solves at the same
+tolerances (PID controller):
+
+- `diffrax`: `diffrax.diffeqsolve` with `dt0=None` (in diffrax 0.7.2 a fixed first step 0.01);
+- `stiffnode_same_dt0`: `stiffnode.solve` with `dt0=0.01`, the same steps as `diffrax`: the ratio
+  of the two times is stiffnode's overhead (validation, statistics);
+- `stiffnode`: `stiffnode.solve` with `dt0=None` (Hairer's initial-step rule).
+
+Times are medians after compilation; compile times are recorded separately.
+Writes `benchmarks/results/solve_overhead.json`. Run: `python benchmarks/solve_overhead.py`.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+import diffrax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import stiffnode as sn  # noqa: E402
+from _common import RESULTS, environment, time_compiled  # noqa: E402
+
+RTOL, ATOL = 1e-6, 1e-9
+
+
+def van_der_pol(t, y, args):
+    mu = 100.0
+    return jnp.stack([y[1], mu * ((1 - y[0] ** 2) * y[1]) - y[0]])
+
+
+def robertson(t, y, args):
+    k1, k2, k3 = 0.04, 3e7, 1e4
+    return jnp.stack([
+        -k1 * y[0] + k3 * y[1] * y[2],
+        k1 * y[0] - k3 * y[1] * y[2] - k2 * y[1] ** 2,
+        k2 * y[1] ** 2,
+    ])
+
+
+def _resnet_problem():
+    resnet = sn.ResNet(2, 1, 16, 8, key=jax.random.key(0), dtype=jnp.float64)
+    node = sn.NeuralODE.from_resnet(resnet, "linear")
+    x0 = jax.vmap(node.initial_state)(jax.random.uniform(jax.random.key(1), (64, 2)) * 4 - 2)
+    return node.vector_field, x0
+
+
+def problems():
+    field, batch = _resnet_problem()
+    return {
+        "van_der_pol_mu100": (van_der_pol, jnp.array([2.0, 0.0]), 0.0, 10.0, False),
+        "robertson_t40": (robertson, jnp.array([1.0, 0.0, 0.0]), 0.0, 40.0, False),
+        "resnet_ode_w16_d8_batch64": (field, batch, 0.0, 1.0, True),
+    }
+
+
+def run_one(f, y0, t0, t1, batched, solver_name):
+    def diffrax_solve(y):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(f), sn.get_solver(solver_name), t0, t1, None, y,
+            stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL), max_steps=100_000,
+        )
+        return sol.ys[-1], sol.stats["num_steps"]
+
+    def stiffnode_solve(dt0):
+        def go(y):
+            sol = sn.solve(f, y, t0, t1, solver=solver_name, rtol=RTOL, atol=ATOL, dt0=dt0,
+                           max_steps=100_000)
+            return sol.ys[-1], sol.stats["num_steps"]
+        return go
+
+    variants = {
+        "diffrax": diffrax_solve,
+        "stiffnode_same_dt0": stiffnode_solve(0.01),
+        "stiffnode": stiffnode_solve(None),
+    }
+    out = {}
+    for name, fn in variants.items():
+        fn = jax.vmap(fn) if batched else fn
+        compile_s, run_s = time_compiled(fn, y0)
+        _, steps = fn(y0)
+        out[name] = {"compile_s": compile_s, "run_s": run_s,
+                     "num_steps": int(jnp.max(steps))}
+    out["overhead_ratio"] = out["stiffnode_same_dt0"]["run_s"] / out["diffrax"]["run_s"]
+    out["initial_step_time_ratio"] = out["stiffnode"]["run_s"] / out["diffrax"]["run_s"]
+    return out
+
+
+def main():
+    results = {"description": __doc__.strip().splitlines()[0], "rtol": RTOL, "atol": ATOL,
+               "environment": environment(), "problems": {}}
+    for pname, (f, y0, t0, t1, batched) in problems().items():
+        for solver_name in ["tsit5", "kvaerno5"]:
+            if pname == "robertson_t40" and solver_name == "tsit5":
+                continue  # explicit on Robertson: stability-bound, not a comparison of interest
+            res = run_one(f, y0, t0, t1, batched, solver_name)
+            results["problems"][f"{pname}/{solver_name}"] = res
+            print(f"{pname:28s} {solver_name:9s} overhead x{res['overhead_ratio']:.3f}  "
+                  f"steps diffrax {res['diffrax']['num_steps']:6d} "
+                  f"stiffnode {res['stiffnode']['num_steps']:6d}  "
+                  f"time ratio x{res['initial_step_time_ratio']:.3f}")
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "solve_overhead.json")
+    with open(path, "w") as fh:
+        json.dump(results, fh, indent=2)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
