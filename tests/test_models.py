@@ -100,14 +100,38 @@ def test_linear_interpolates_between_layers():
         np.testing.assert_allclose(lin(t)[0][0, 0], want, atol=1e-14)
 
 
-def test_constant_selects_layer_at_rounded_grid_points():
+def test_constant_weights_switch_exactly_at_the_layer_times():
     depth, T = 10, 0.3  # 0.3 / 10 * n is inexact in binary
     weights = jnp.arange(depth, dtype=jnp.float64)[:, None, None]
     const = sn.models.PiecewiseConstantWeights(weights, jnp.zeros((depth, 1)), T)
-    for n in range(depth):
-        t = n * (T / depth)
-        assert const(t)[0][0, 0] == n
-        assert const(np.nextafter(t, -1.0) if n else t)[0][0, 0] == n
+    for n, t in enumerate(layer_times(depth, T)):
+        assert const(t)[0][0, 0] == n  # a step starting at t_n uses layer n + 1
+        assert const(np.nextafter(t, 1.0))[0][0, 0] == n
+        if n:  # an adaptive step clipped to just before a jump still uses the previous layer
+            assert const(np.nextafter(t, -1.0))[0][0, 0] == n - 1
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "kvaerno5"])
+def test_adaptive_solve_of_constant_weights_against_scipy(resnet, xs, solver):
+    """Stepping onto the layer times vs scipy's DOP853 solving each layer's interval.
+
+    Kvaerno5 has a stage at t0 + 1.23 h: without `JumpAwareSolver` it would look across each
+    layer boundary and creep towards it in hundreds of shrinking steps.
+    """
+    from scipy.integrate import solve_ivp
+
+    node = sn.NeuralODE.from_resnet(resnet, "constant")
+    sol = node.solve(xs[0], solver=solver, rtol=1e-10, atol=1e-12)
+    h = np.asarray(node.initial_state(xs[0]))
+    ts = np.append(layer_times(resnet.depth, resnet.T), resnet.T)
+    for n, (W, b) in enumerate(zip(np.asarray(resnet.weights), np.asarray(resnet.biases),
+                                   strict=True)):
+        piece = solve_ivp(lambda t, y, W=W, b=b: np.tanh(W @ y + b), (ts[n], ts[n + 1]), h,
+                          method="DOP853", rtol=1e-13, atol=1e-14)
+        h = piece.y[:, -1]
+    np.testing.assert_allclose(sol.ys[-1], h, atol=1e-9)
+    # Smooth within each layer: a few steps per layer, not hundreds.
+    assert int(sol.stats["num_steps"]) <= 8 * resnet.depth, sol.stats
 
 
 def test_adaptive_solves_converge_to_each_other(resnet, xs):

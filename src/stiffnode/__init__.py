@@ -1,6 +1,6 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import gradients, models, stats
+from . import data, gradients, models, stats, train
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -13,9 +13,11 @@ __all__ = [
     "NeuralODE",
     "ResNet",
     "Solution",
+    "data",
     "get_solver",
     "gradients",
     "models",
     "solve",
     "stats",
+    "train",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
+from .solvers import JumpAwareSolver
 from .stats import count_vf_evals
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
@@ -25,8 +26,17 @@ def _newton_root_finder():
     return diffrax.with_stepsize_controller_tols(optx.Newton)()
 
 
-# KenCarp uses full Newton: with diffrax's default VeryChord its stage solves stall (steps
-# shrink towards zero on y' = -y, diffrax 0.7.2), with Newton it converges.
+def _with_newton(solver_class):
+    """The named implicit solvers use full Newton for their stage equations.
+
+    diffrax's default, VeryChord (Jacobian frozen at the step's start), stalls KenCarp
+    (steps shrink towards zero on y' = -y) and makes Kvaerno5 reject about half its steps;
+    measured in `benchmarks/solve_overhead.py`: van der Pol mu = 1e3, 582 steps with Newton
+    against 3,449 with VeryChord, 3.8x less time.
+    """
+    return lambda: solver_class(root_finder=_newton_root_finder())
+
+
 _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "euler": diffrax.Euler,
     "heun": diffrax.Heun,
@@ -34,13 +44,13 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
-    "implicit_euler": diffrax.ImplicitEuler,
-    "kvaerno3": diffrax.Kvaerno3,
-    "kvaerno4": diffrax.Kvaerno4,
-    "kvaerno5": diffrax.Kvaerno5,
-    "kencarp3": lambda: diffrax.KenCarp3(root_finder=_newton_root_finder()),
-    "kencarp4": lambda: diffrax.KenCarp4(root_finder=_newton_root_finder()),
-    "kencarp5": lambda: diffrax.KenCarp5(root_finder=_newton_root_finder()),
+    "implicit_euler": _with_newton(diffrax.ImplicitEuler),
+    "kvaerno3": _with_newton(diffrax.Kvaerno3),
+    "kvaerno4": _with_newton(diffrax.Kvaerno4),
+    "kvaerno5": _with_newton(diffrax.Kvaerno5),
+    "kencarp3": _with_newton(diffrax.KenCarp3),
+    "kencarp4": _with_newton(diffrax.KenCarp4),
+    "kencarp5": _with_newton(diffrax.KenCarp5),
 }
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
@@ -199,8 +209,45 @@ def _initial_step(terms, solver, t0, t1, y0, args, rtol, atol):
     return jax.lax.stop_gradient(direction * h).astype(jnp.result_type(t0, t1))
 
 
-def _controller(stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts):
-    """The diffrax step-size controller, and the jump times it steps onto (or None)."""
+def _forward_in_time(t0, t1) -> bool:
+    try:
+        return float(t1) > float(t0)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return False
+
+
+def _fixed_step_grid(t0, t1, dt0, dtype, max_steps):
+    """`t0, t0 + dt0, t0 + 2 dt0, ..., t1` for concrete times, else None.
+
+    The grid is computed in float64 and then rounded to the time dtype, exactly as jump times
+    and layer boundaries are (`models.weights`), so steps land on them bit for bit; diffrax's
+    own constant steps accumulate `t + dt` and drift off them by a few ulps.
+    """
+    try:
+        t0, t1, dt0 = float(t0), float(t1), float(dt0)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+    ratio = (t1 - t0) / dt0
+    if not ratio > 0:
+        raise ValueError(f"dt0={dt0} must be non-zero and point from t0={t0} to t1={t1}")
+    nearest = round(ratio)
+    num_steps = nearest if abs(ratio - nearest) <= 1e-9 * ratio else int(np.ceil(ratio))
+    num_steps = max(1, num_steps)
+    if num_steps > max_steps:
+        raise ValueError(
+            f"step budget exhausted: fixed steps of dt0={dt0} from t0={t0} to t1={t1} need "
+            f"{num_steps} steps, max_steps={max_steps}"
+        )
+    grid = np.append(t0 + dt0 * np.arange(num_steps), t1)
+    return jnp.asarray(grid, dtype)
+
+
+def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_steps):
+    """The diffrax step-size controller, and the jump times it steps onto (or None).
+
+    `times`: `(t0, t1, dt0)` as the caller gave them and the time dtype.
+    """
+    t0, t1, dt0, dtype = times
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
         return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
     adaptive_solver = isinstance(solver, diffrax.AbstractAdaptiveSolver)
@@ -212,7 +259,8 @@ def _controller(stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts):
                 f"fixed steps need dt0 ({type(solver).__name__} has no error estimate "
                 "for adaptive stepping); e.g. dt0=(t1 - t0) / num_steps"
             )
-        return diffrax.ConstantStepSize(), None
+        grid = _fixed_step_grid(t0, t1, dt0, dtype, max_steps)
+        return (diffrax.ConstantStepSize() if grid is None else diffrax.StepTo(grid)), None
     if stepsize_controller == "pid":
         if not adaptive_solver:
             raise ValueError(
@@ -220,9 +268,9 @@ def _controller(stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts):
                 "stepsize_controller='constant' with dt0"
             )
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        if jump_ts is None:
+        if jump_ts is None or np.size(jump_ts) == 0:
             return controller, None
-        jump_ts = jnp.asarray(jump_ts, jnp.result_type(t0, t1))
+        jump_ts = jnp.asarray(jump_ts, dtype)
         clipped = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
         return clipped, clipped.jump_ts
     raise ValueError(
@@ -283,7 +331,8 @@ def solve(
             the IMEX solvers `kencarp*`, optionally a pair `(explicit, implicit)`.
         solver: a name from `SOLVERS` or any `diffrax.AbstractSolver`.
         rtol, atol: relative and absolute tolerances (positive) of the PID controller.
-        dt0: initial step; `None` picks one automatically (adaptive stepping only).
+        dt0: initial step; `None` picks one automatically (adaptive stepping only). With
+            fixed steps, the step: the grid `t0 + k dt0` (last step shortened to end at t1).
         saveat: `None` (final state only), an array of times, or a `diffrax.SaveAt`.
         max_steps: step budget (accepted plus rejected); exhausting it is an error.
         stepsize_controller: `"pid"` (default when the solver has an error estimate),
@@ -292,7 +341,9 @@ def solve(
             exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
             memory, gradient of the continuous problem up to the backward solve's error),
             `"direct"`, or a `diffrax.AbstractAdjoint`.
-        jump_ts: times where the vector field is discontinuous in t; steps land on them.
+        jump_ts: times where the vector field is discontinuous in t (adaptive stepping):
+            steps end just before each and restart just after, and no stage of a step looks
+            past the next jump (`solvers.JumpAwareSolver`; forward-in-time solves).
         throw: raise (at run time, also under `jit`) if the solve fails, e.g. when the step
             budget is exhausted; with `throw=False` check `Solution.result` yourself.
         progress: show a tqdm progress bar.
@@ -307,23 +358,39 @@ def solve(
     rtol = _check_tolerance("rtol", rtol)
     atol = _check_tolerance("atol", atol)
     terms = _terms(vector_field, solver)
+    given_times = (t0, t1, dt0)
     t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)
     y0 = _check_y0(terms, t0, y0, args)
     controller, jump_ts = _controller(
-        stepsize_controller, solver, rtol, atol, t0, t1, dt0, jump_ts
+        stepsize_controller, solver, rtol, atol, (*given_times, jnp.result_type(t0, t1)),
+        jump_ts, max_steps,
     )
+    adjoint = _adjoint(adjoint)
+    if isinstance(controller, diffrax.StepTo):
+        dt0 = None
+        if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
+            "stepsize_controller" not in adjoint.kwargs
+        ):
+            # The backward solve retraces the same grid, from t1 to t0.
+            backward = diffrax.StepTo(controller.ts[::-1])
+            adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     if named and isinstance(solver, diffrax.AbstractImplicitSolver) and not isinstance(
         controller, diffrax.PIDController | diffrax.ClipStepSizeController
     ):
         # Fixed steps: the Newton iterations take their tolerances from rtol/atol.
         root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
         solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
-    adaptive_start = dt0 is None and not isinstance(controller, diffrax.ConstantStepSize)
+    stepping_solver = solver
+    if jump_ts is not None and _forward_in_time(t0, t1):
+        stepping_solver = JumpAwareSolver(solver, jump_ts)
+    adaptive_start = dt0 is None and not isinstance(
+        controller, diffrax.ConstantStepSize | diffrax.StepTo
+    )
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     sol = diffrax.diffeqsolve(
         terms,
-        solver,
+        stepping_solver,
         t0,
         t1,
         dt0,
@@ -331,7 +398,7 @@ def solve(
         args=args,
         saveat=_saveat(saveat),
         stepsize_controller=controller,
-        adjoint=_adjoint(adjoint),
+        adjoint=adjoint,
         max_steps=max_steps,
         throw=False,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),

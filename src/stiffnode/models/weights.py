@@ -47,16 +47,17 @@ class AbstractLayerWeights(eqx.Module):
         return None
 
 
-def _layer_position(t: ScalarLike, depth: int, T: float) -> Array:
-    """`s = t N / T`, snapped to the nearest integer when within round-off of it.
+def _layer_index(t: ScalarLike, depth: int, T: float) -> Array:
+    """The layer n - 1 (0-based) whose interval `[t_{n-1}, t_n)` holds `t`.
 
-    Snapping makes `t_{n-1}` computed as `(n-1) * (T/N)` (possibly a few ulps low) select
-    layer n, not layer n-1.
+    The boundaries are `layer_times(depth, T)[1:]`, rounded to `t`'s dtype exactly as
+    `stiffnode.solve` rounds jump times and fixed-step grids, so a step that lands on a
+    boundary starts in the next layer, and an adaptive step clipped to just before a jump
+    ends in the previous one.
     """
-    s = jnp.asarray(t) * (depth / T)
-    nearest = jnp.round(s)
-    tol = 64 * jnp.finfo(s.dtype).eps * jnp.maximum(1.0, depth)
-    return jnp.where(jnp.abs(s - nearest) <= tol, nearest, s)
+    t = jnp.asarray(t)
+    boundaries = jnp.asarray(layer_times(depth, T)[1:], t.dtype)
+    return jnp.searchsorted(boundaries, t, side="right")
 
 
 class PiecewiseConstantWeights(AbstractLayerWeights):
@@ -68,8 +69,7 @@ class PiecewiseConstantWeights(AbstractLayerWeights):
     name: ClassVar[str] = "constant"
 
     def __call__(self, t):
-        depth = self.weights.shape[0]
-        n = jnp.clip(jnp.floor(_layer_position(t, depth, self.T)), 0, depth - 1).astype(int)
+        n = _layer_index(t, self.weights.shape[0], self.T)
         return self.weights[n], self.biases[n]
 
     @classmethod
@@ -82,7 +82,7 @@ class PiecewiseConstantWeights(AbstractLayerWeights):
 
     @property
     def jump_ts(self):
-        return layer_times(self.weights.shape[0], self.T)[1:]
+        return layer_times(self.weights.shape[0], self.T)[1:] if self.weights.shape[0] > 1 else None
 
 
 class PiecewiseLinearWeights(AbstractLayerWeights):
@@ -95,7 +95,8 @@ class PiecewiseLinearWeights(AbstractLayerWeights):
 
     def __call__(self, t):
         depth = self.weights.shape[0]
-        s = jnp.clip(_layer_position(t, depth, self.T), 0, depth - 1)
+        # W(t) is continuous: which side of a boundary t is rounded to does not matter.
+        s = jnp.clip(jnp.asarray(t) * (depth / self.T), 0, depth - 1)
         n = jnp.clip(jnp.floor(s), 0, max(depth - 2, 0)).astype(int)
         n1 = jnp.minimum(n + 1, depth - 1)
         theta = (s - n).astype(self.weights.dtype)
@@ -113,7 +114,7 @@ class PiecewiseLinearWeights(AbstractLayerWeights):
 
     @property
     def jump_ts(self):
-        return layer_times(self.weights.shape[0], self.T)[1:]
+        return layer_times(self.weights.shape[0], self.T)[1:] if self.weights.shape[0] > 1 else None
 
 
 def _chebyshev_basis(t: Array, degree: int, T: float) -> Float[Array, " degree+1"]:

@@ -1,0 +1,73 @@
+"""Regression data sets: the Alpine02 function."""
+
+import functools
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+ALPINE02_BOUNDS: tuple[float, float] = (-5.0, 5.0)
+"""The box `[-5, 5]^dim` the Alpine02 inputs are drawn from."""
+
+
+class Dataset(NamedTuple):
+    """Train and test splits `(x_train, y_train, x_test, y_test)`; a pytree (a tuple)."""
+
+    x_train: Float[Array, "n_train dim"]
+    y_train: Float[Array, "n_train 1"]
+    x_test: Float[Array, "n_test dim"]
+    y_test: Float[Array, "n_test 1"]
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@jax.jit
+def _alpine02_function(x):
+    return jnp.prod(jnp.sqrt(jnp.abs(x)) * jnp.sin(x), axis=-1, keepdims=True)
+
+
+def alpine02_function(x: Float[Array, "... dim"]) -> Float[Array, "... 1"]:
+    """`f(x) = prod_i sqrt(|x_i|) sin(x_i)` over the last axis (kept, of size 1)."""
+    return _alpine02_function(jnp.asarray(x))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _alpine02(key, n, dim, dtype):
+    lo, hi = ALPINE02_BOUNDS
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    x = jax.random.uniform(key, (n, dim), minval=lo, maxval=hi, **kwargs)
+    return x, _alpine02_function(x)
+
+
+def alpine02(
+    key: PRNGKeyArray, n: int, dim: int = 2, *, dtype=None
+) -> tuple[Float[Array, "n dim"], Float[Array, "n 1"]]:
+    """`n` samples `x ~ U([-5, 5]^dim)`, `y = prod_i sqrt(|x_i|) sin(x_i)`.
+
+    `dtype`: a floating dtype; by default JAX's (float64 when `jax_enable_x64` is on).
+    """
+    n = _check_positive_int("n", n)
+    dim = _check_positive_int("dim", dim)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
+    return _alpine02(key, n, dim, None if dtype is None else jnp.dtype(dtype))
+
+
+def alpine02_dataset(
+    seed: int = 0, dim: int = 2, n_train: int = 900, n_test: int = 100, dtype=None
+) -> Dataset:
+    """Independent Alpine02 train/test samples drawn from `jax.random.PRNGKey(seed)`."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    n_train = _check_positive_int("n_train", n_train)
+    n_test = _check_positive_int("n_test", n_test)
+    k_train, k_test = jax.random.split(jax.random.PRNGKey(int(seed)))
+    x_train, y_train = alpine02(k_train, n_train, dim, dtype=dtype)
+    x_test, y_test = alpine02(k_test, n_test, dim, dtype=dtype)
+    return Dataset(x_train, y_train, x_test, y_test)

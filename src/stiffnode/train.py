@@ -1,0 +1,179 @@
+"""Minibatch training of any model (an equinox pytree) with optax."""
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+LossFn = Callable[[Any, Array, Array], Scalar]
+
+
+def mse(model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
+        ) -> Float[Array, ""]:
+    """`mean_i mean_j (model(x_i)_j - y_ij)^2`, the model vmapped over the samples."""
+    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+
+_LOSSES: dict[str, LossFn] = {"mse": mse}
+
+
+def _loss_fn(loss: str | LossFn) -> LossFn:
+    if callable(loss):
+        return loss
+    try:
+        return _LOSSES[loss]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown loss {loss!r}; use one of {sorted(_LOSSES)} or a callable "
+            "loss(model, x, y) -> scalar"
+        ) from None
+
+
+def _split_data(data) -> tuple[Array, Array, Array | None, Array | None]:
+    """`(x_train, y_train, x_test, y_test)` from a `Dataset` or a 2- or 4-tuple."""
+    if hasattr(data, "x_train"):
+        return data.x_train, data.y_train, data.x_test, data.y_test
+    if isinstance(data, tuple | list) and len(data) in (2, 4):
+        return (*data, None, None) if len(data) == 2 else tuple(data)
+    raise TypeError(
+        "data must be a stiffnode.data.Dataset or a tuple (x_train, y_train) or "
+        f"(x_train, y_train, x_test, y_test), got {type(data).__name__}"
+    )
+
+
+def _check_xy(name: str, x, y) -> tuple[Array, Array]:
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim < 1 or y.ndim < 1:
+        raise ValueError(f"{name} x and y need a leading sample axis, got shapes "
+                         f"{x.shape} and {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name} x and y have different numbers of samples: {x.shape[0]} and {y.shape[0]}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} data is empty")
+    for what, a in (("x", x), ("y", y)):
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            raise TypeError(f"{name} {what} must be floating point, got dtype {a.dtype}")
+        if not np.all(np.isfinite(np.asarray(a))):
+            raise ValueError(f"{name} {what} contains NaN or inf")
+    return x, y
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@eqx.filter_jit
+def _epoch(params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key,
+           batch_size):
+    """One epoch: shuffle, scan the optimizer over the minibatches, evaluate train/test MSE."""
+    key, perm_key = jax.random.split(key)
+    num_batches = x.shape[0] // batch_size
+    batches = jax.random.permutation(perm_key, x.shape[0])[: num_batches * batch_size]
+    batches = batches.reshape(num_batches, batch_size)
+
+    def objective(p, xb, yb):
+        return loss_fn(eqx.combine(p, static), xb, yb)
+
+    def step(carry, idx):
+        p, state = carry
+        value, grads = jax.value_and_grad(objective)(p, x[idx], y[idx])
+        updates, state = optimizer.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), value
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
+    model = eqx.combine(params, static)
+    metrics = {"loss": jnp.mean(losses), "train_mse": mse(model, x, y)}
+    if x_test is not None:
+        metrics["test_mse"] = mse(model, x_test, y_test)
+    return params, opt_state, key, metrics
+
+
+def fit(
+    model: PyTree,
+    data,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str | LossFn = "mse",
+    epochs: int,
+    batch_size: int,
+    key: PRNGKeyArray,
+    callback: Callable[[int, PyTree, dict[str, float]], Any] | None = None,
+    progress: bool = False,
+) -> tuple[PyTree, dict[str, np.ndarray]]:
+    """Minimise `loss(model, x_batch, y_batch)` over shuffled minibatches, `epochs` times.
+
+    Args:
+        model: a callable pytree (e.g. an equinox module) mapping one sample to its output;
+            its floating-point array leaves are trained, everything else is kept as is.
+        data: a `stiffnode.data.Dataset`, or `(x_train, y_train)` (no test metrics), or
+            `(x_train, y_train, x_test, y_test)`; leading axis = samples.
+        optimizer: an optax transformation; default `optax.adam(1e-3)`.
+        loss: `"mse"` or a callable `loss(model, x, y) -> scalar` on a minibatch.
+        epochs: passes over the training set.
+        batch_size: samples per minibatch, `1 <= batch_size <= n_train`; each epoch
+            reshuffles and drops the last `n_train % batch_size` samples of the permutation.
+        key: PRNG key for the shuffles.
+        callback: called after each epoch as `callback(epoch, model, metrics)` with the
+            epoch's metrics as floats (this synchronises with the device every epoch).
+        progress: show a tqdm progress bar over the epochs.
+
+    Returns:
+        The trained model and a history dict of per-epoch numpy arrays: `"loss"` (mean
+        minibatch loss), `"train_mse"` and, with test data, `"test_mse"` (on the whole
+        sets, after the epoch's updates).
+    """
+    if optimizer is None:
+        optimizer = optax.adam(1e-3)
+    loss_fn = _loss_fn(loss)
+    epochs = _check_positive_int("epochs", epochs)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    x, y, x_test, y_test = _split_data(data)
+    x, y = _check_xy("training", x, y)
+    if (x_test is None) != (y_test is None):
+        raise ValueError("give both x_test and y_test, or neither")
+    if x_test is not None:
+        x_test, y_test = _check_xy("test", x_test, y_test)
+    if batch_size > x.shape[0]:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the training set ({x.shape[0]} samples)"
+        )
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    history: dict[str, list] = {}
+    epoch_iter = range(epochs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(epoch_iter, desc="training", unit="epoch")
+        epoch_iter = bar
+    try:
+        for epoch in epoch_iter:
+            params, opt_state, key, metrics = _epoch(
+                params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key,
+                batch_size,
+            )
+            for name, value in metrics.items():
+                history.setdefault(name, []).append(value)
+            if bar is not None:
+                bar.set_postfix({k: f"{float(v):.3g}" for k, v in metrics.items()},
+                                refresh=False)
+            if callback is not None:
+                callback(epoch, eqx.combine(params, static),
+                         {k: float(v) for k, v in metrics.items()})
+    finally:
+        if bar is not None:
+            bar.close()
+    model = eqx.combine(params, static)
+    return model, {name: np.asarray(jnp.stack(values)) for name, values in history.items()}
