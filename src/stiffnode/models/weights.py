@@ -60,7 +60,28 @@ def _layer_index(t: ScalarLike, depth: int, T: float) -> Array:
     return jnp.searchsorted(boundaries, t, side="right")
 
 
-class PiecewiseConstantWeights(AbstractLayerWeights):
+class AbstractPiecewiseWeights(AbstractLayerWeights):
+    """Weights stored at the N layer times themselves, with a kink or jump at each one."""
+
+    weights: eqx.AbstractVar[Float[Array, "N w w"]]
+    biases: eqx.AbstractVar[Float[Array, "N w"]]
+
+    @classmethod
+    def from_layers(cls, weights, biases, T, **kwargs):
+        if kwargs:
+            raise TypeError(f"{cls.__name__} takes no options, got {sorted(kwargs)}")
+        return cls(weights, biases, T)
+
+    def to_layers(self):
+        return self.weights, self.biases
+
+    @property
+    def jump_ts(self):
+        depth = self.weights.shape[0]
+        return layer_times(depth, self.T)[1:] if depth > 1 else None
+
+
+class PiecewiseConstantWeights(AbstractPiecewiseWeights):
     """`W(t) = W_n` for `t` in `[t_{n-1}, t_n)`: Euler with N steps is the ResNet."""
 
     weights: Float[Array, "N w w"]
@@ -72,20 +93,8 @@ class PiecewiseConstantWeights(AbstractLayerWeights):
         n = _layer_index(t, self.weights.shape[0], self.T)
         return self.weights[n], self.biases[n]
 
-    @classmethod
-    def from_layers(cls, weights, biases, T, **kwargs):
-        _no_options(cls, kwargs)
-        return cls(weights, biases, T)
 
-    def to_layers(self):
-        return self.weights, self.biases
-
-    @property
-    def jump_ts(self):
-        return layer_times(self.weights.shape[0], self.T)[1:] if self.weights.shape[0] > 1 else None
-
-
-class PiecewiseLinearWeights(AbstractLayerWeights):
+class PiecewiseLinearWeights(AbstractPiecewiseWeights):
     """`W(t)` linear between `W_n` at `t_{n-1}` and `W_{n+1}` at `t_n`; `W_N` after `t_{N-1}`."""
 
     weights: Float[Array, "N w w"]
@@ -103,18 +112,6 @@ class PiecewiseLinearWeights(AbstractLayerWeights):
         W = (1 - theta) * self.weights[n] + theta * self.weights[n1]
         b = (1 - theta) * self.biases[n] + theta * self.biases[n1]
         return W, b
-
-    @classmethod
-    def from_layers(cls, weights, biases, T, **kwargs):
-        _no_options(cls, kwargs)
-        return cls(weights, biases, T)
-
-    def to_layers(self):
-        return self.weights, self.biases
-
-    @property
-    def jump_ts(self):
-        return layer_times(self.weights.shape[0], self.T)[1:] if self.weights.shape[0] > 1 else None
 
 
 def _chebyshev_basis(t: Array, degree: int, T: float) -> Float[Array, " degree+1"]:
@@ -171,11 +168,6 @@ class PolynomialWeights(AbstractLayerWeights):
             jnp.tensordot(V, self.weight_coeffs, axes=1),
             jnp.tensordot(V, self.bias_coeffs, axes=1),
         )
-
-
-def _no_options(cls, kwargs):
-    if kwargs:
-        raise TypeError(f"{cls.__name__} takes no options, got {sorted(kwargs)}")
 
 
 PARAMETERIZATIONS: dict[str, type[AbstractLayerWeights]] = {
