@@ -374,18 +374,15 @@ def solve(
             # The backward solve retraces the same grid, from t1 to t0.
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
-    if named and isinstance(solver, diffrax.AbstractImplicitSolver) and not isinstance(
-        controller, diffrax.PIDController | diffrax.ClipStepSizeController
-    ):
+    fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
+    if named and fixed_steps and isinstance(solver, diffrax.AbstractImplicitSolver):
         # Fixed steps: the Newton iterations take their tolerances from rtol/atol.
         root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
         solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(t0, t1):
         stepping_solver = JumpAwareSolver(solver, jump_ts)
-    adaptive_start = dt0 is None and not isinstance(
-        controller, diffrax.ConstantStepSize | diffrax.StepTo
-    )
+    adaptive_start = dt0 is None and not fixed_steps
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     sol = diffrax.diffeqsolve(
