@@ -132,6 +132,10 @@ def test_adaptive_solve_of_constant_weights_against_scipy(resnet, xs, solver):
     np.testing.assert_allclose(sol.ys[-1], h, atol=1e-9)
     # Smooth within each layer: a few steps per layer, not hundreds.
     assert int(sol.stats["num_steps"]) <= 8 * resnet.depth, sol.stats
+    # The same solve under jit (times are traced there) steps the same way.
+    steps = jax.jit(lambda x: node.solve(x, solver=solver, rtol=1e-10, atol=1e-12)
+                    .stats["num_steps"])(xs[0])
+    assert int(steps) == int(sol.stats["num_steps"])
 
 
 def test_adaptive_solves_converge_to_each_other(resnet, xs):

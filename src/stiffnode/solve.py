@@ -380,7 +380,7 @@ def solve(
         root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
         solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
     stepping_solver = solver
-    if jump_ts is not None and _forward_in_time(t0, t1):
+    if jump_ts is not None and _forward_in_time(*given_times[:2]):
         stepping_solver = JumpAwareSolver(solver, jump_ts)
     adaptive_start = dt0 is None and not fixed_steps
     if adaptive_start:
