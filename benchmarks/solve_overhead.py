@@ -11,7 +11,8 @@ tolerances (PID controller):
   rule, and for Kvaerno5 full Newton stage solves.
 
 Times are medians after compilation; compile times are recorded separately.
-Writes `benchmarks/results/solve_overhead.json`. Run: `python benchmarks/solve_overhead.py`.
+Writes `benchmarks/results/solve_overhead.json` and `.png` (steps and time relative to
+diffrax). Run: `python benchmarks/solve_overhead.py` (`--plot-only` redraws from the JSON).
 """
 
 import jax
@@ -20,6 +21,7 @@ jax.config.update("jax_enable_x64", True)
 
 import json  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -100,7 +102,47 @@ def run_one(f, y0, t0, t1, batched, solver_name):
     return out
 
 
+def plot(results, path):
+    """Bars: steps and run time of each stiffnode variant relative to diffrax (= 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    import numpy as np
+
+    names = list(results["problems"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 1.5), sharey=True)
+    y = np.arange(len(names))
+    for ax, key, title in [(axes[0], "num_steps", "steps / diffrax"),
+                           (axes[1], "run_s", "time after compilation / diffrax")]:
+        for k, (variant, label) in enumerate([
+            ("stiffnode_same_dt0", "stiffnode.solve, same solver object and dt0"),
+            ("stiffnode", "stiffnode.solve(solver=name)"),
+        ]):
+            ratios = [results["problems"][n][variant][key] / results["problems"][n]["diffrax"][key]
+                      for n in names]
+            ax.barh(y + 0.38 * k, ratios, height=0.36, label=label)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks([0.1, 0.2, 0.5, 1, 2], ["0.1", "0.2", "0.5", "1", "2"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(title)
+    axes[0].set_yticks(y + 0.19, names)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9)
+    fig.suptitle(f"stiffnode.solve vs diffrax.diffeqsolve (rtol {results['rtol']:g}, "
+                 f"atol {results['atol']:g}); < 1 is better")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
 def main():
+    path = os.path.join(RESULTS, "solve_overhead.json")
+    if "--plot-only" in sys.argv:
+        with open(path) as fh:
+            plot(json.load(fh), path.replace(".json", ".png"))
+        return
     results = {"description": __doc__.strip().splitlines()[0], "rtol": RTOL, "atol": ATOL,
                "environment": environment(), "problems": {}}
     for pname, (f, y0, t0, t1, batched) in problems().items():
@@ -114,10 +156,10 @@ def main():
                   f"stiffnode {res['stiffnode']['num_steps']:6d}  "
                   f"time ratio x{res['time_ratio']:.3f}")
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, "solve_overhead.json")
     with open(path, "w") as fh:
         json.dump(results, fh, indent=2)
-    print("wrote", path)
+    plot(results, path.replace(".json", ".png"))
+    print("wrote", path, "and the PNG")
 
 
 if __name__ == "__main__":
