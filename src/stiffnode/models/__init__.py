@@ -6,6 +6,7 @@ from .vector_field import MLPVectorField, ResidualVectorField
 from .weights import (
     PARAMETERIZATIONS,
     AbstractLayerWeights,
+    AbstractPiecewiseWeights,
     PiecewiseConstantWeights,
     PiecewiseLinearWeights,
     PolynomialWeights,
@@ -15,6 +16,7 @@ from .weights import (
 __all__ = [
     "AbstractLayerWeights",
     "AbstractNeuralODE",
+    "AbstractPiecewiseWeights",
     "AugmentedNeuralODE",
     "MLPVectorField",
     "NeuralODE",
