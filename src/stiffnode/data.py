@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._validation import positive_int
+
 ALPINE02_BOUNDS: tuple[float, float] = (-5.0, 5.0)
 """The box `[-5, 5]^dim` the Alpine02 inputs are drawn from."""
 
@@ -20,11 +22,6 @@ class Dataset(NamedTuple):
     x_test: Float[Array, "n_test dim"]
     y_test: Float[Array, "n_test 1"]
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 @jax.jit
@@ -52,8 +49,8 @@ def alpine02(
 
     `dtype`: a floating dtype; by default JAX's (float64 when `jax_enable_x64` is on).
     """
-    n = _check_positive_int("n", n)
-    dim = _check_positive_int("dim", dim)
+    n = positive_int("n", n)
+    dim = positive_int("dim", dim)
     if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
     return _alpine02(key, n, dim, None if dtype is None else jnp.dtype(dtype))
@@ -65,8 +62,8 @@ def alpine02_dataset(
     """Independent Alpine02 train/test samples drawn from `jax.random.PRNGKey(seed)`."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    n_train = _check_positive_int("n_train", n_train)
-    n_test = _check_positive_int("n_test", n_test)
+    n_train = positive_int("n_train", n_train)
+    n_test = positive_int("n_test", n_test)
     k_train, k_test = jax.random.split(jax.random.PRNGKey(int(seed)))
     x_train, y_train = alpine02(k_train, n_train, dim, dtype=dtype)
     x_test, y_test = alpine02(k_test, n_test, dim, dtype=dtype)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Real, Scalar
 
+from ._validation import positive_int
 from .models.neural_ode import AbstractNeuralODE, NeuralODE
 from .models.resnet import ResNet
 
@@ -75,8 +76,7 @@ def node_gradient(
     `num_steps` steps either way, and calls sharing `max_steps` share one compilation (`dt0`
     is passed as an array, so it does not trigger a recompilation).
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    num_steps = positive_int("num_steps", num_steps)
     max_steps = num_steps if max_steps is None else max_steps
     if not isinstance(max_steps, int) or max_steps < num_steps:
         raise ValueError(f"max_steps must be an int >= num_steps, got {max_steps!r}")
@@ -210,8 +210,7 @@ def linear_scalar_gradients(
     (The seed's "Neural ODE" and "ResNet" formulas are these divided by `T = L dt`, with
     `S ~ L`.)
     """
-    if not isinstance(L, int) or L < 1:
-        raise ValueError(f"L must be a positive int, got {L!r}")
+    L = positive_int("L", L)
     w, x, y = (jnp.asarray(v) for v in jnp.broadcast_arrays(w, x, y))
     dtype = jnp.result_type(w, x, y, float)
     w, x, y = w.astype(dtype), x.astype(dtype), y.astype(dtype)

@@ -12,6 +12,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
+from ._validation import positive_int
 from .solvers import JumpAwareSolver
 from .stats import count_vf_evals
 
@@ -353,8 +354,7 @@ def solve(
     """
     named = isinstance(solver, str)
     solver = get_solver(solver)
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    max_steps = positive_int("max_steps", max_steps)
     rtol = _check_tolerance("rtol", rtol)
     atol = _check_tolerance("atol", atol)
     terms = _terms(vector_field, solver)

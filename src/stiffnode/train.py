@@ -1,6 +1,5 @@
 """Minibatch training of any model (an equinox pytree) with optax."""
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+from ._validation import positive_int
 
 LossFn = Callable[[Any, Array, Array], Scalar]
 
@@ -65,11 +66,6 @@ def _check_xy(name: str, x, y) -> tuple[Array, Array]:
             raise ValueError(f"{name} {what} contains NaN or inf")
     return x, y
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 @eqx.filter_jit
@@ -135,8 +131,8 @@ def fit(
     if optimizer is None:
         optimizer = optax.adam(1e-3)
     loss_fn = _loss_fn(loss)
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
     x, y, x_test, y_test = _split_data(data)
     x, y = _check_xy("training", x, y)
     if (x_test is None) != (y_test is None):

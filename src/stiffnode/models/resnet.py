@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._validation import positive_int
+
 
 class ResNet(eqx.Module):
     """Input projection, N residual layers `x_n = x_{n-1} + (T/N) sigma(W_n x_{n-1} + b_n)`,
@@ -37,8 +39,7 @@ class ResNet(eqx.Module):
     ):
         for name, value in (("in_size", in_size), ("out_size", out_size), ("width", width),
                             ("depth", depth)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ResNet {name} must be a positive int, got {value!r}")
+            positive_int(f"ResNet {name}", value)
         if not T > 0:
             raise ValueError(f"ResNet horizon T must be positive, got {T!r}")
         k_in, k_w, k_b, k_out = jax.random.split(key, 4)
