@@ -1,6 +1,6 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import data, gradients, models, stats, train
+from . import cnf, data, gradients, models, stats, toy_densities, train
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -13,11 +13,13 @@ __all__ = [
     "NeuralODE",
     "ResNet",
     "Solution",
+    "cnf",
     "data",
     "get_solver",
     "gradients",
     "models",
     "solve",
     "stats",
+    "toy_densities",
     "train",
 ]
