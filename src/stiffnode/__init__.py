@@ -1,6 +1,6 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import cnf, data, gradients, models, stats, toy_densities, train
+from . import cnf, crossing, data, gradients, models, stats, toy_densities, train
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -14,6 +14,7 @@ __all__ = [
     "ResNet",
     "Solution",
     "cnf",
+    "crossing",
     "data",
     "get_solver",
     "gradients",
