@@ -1,6 +1,6 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import cnf, crossing, data, gradients, models, stats, toy_densities, train
+from . import cnf, crossing, data, gradients, models, problems, solvers, stats, toy_densities, train
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -19,7 +19,9 @@ __all__ = [
     "get_solver",
     "gradients",
     "models",
+    "problems",
     "solve",
+    "solvers",
     "stats",
     "toy_densities",
     "train",

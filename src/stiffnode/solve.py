@@ -13,8 +13,8 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from ._validation import positive_int
-from .solvers import JumpAwareSolver
-from .stats import count_vf_evals
+from .solvers import BDF, BDFController, JumpAwareSolver, initial_step_size
+from .stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
 
@@ -52,6 +52,8 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "kencarp3": _with_newton(diffrax.KenCarp3),
     "kencarp4": _with_newton(diffrax.KenCarp4),
     "kencarp5": _with_newton(diffrax.KenCarp5),
+    "bdf": BDF,
+    "ndf": lambda: BDF(ndf=True),
 }
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
@@ -173,13 +175,10 @@ def _terms(vector_field, solver):
 
 
 def _initial_step(terms, solver, t0, t1, y0, args, rtol, atol):
-    """The first step size, by Hairer, Norsett & Wanner's rule (Solving ODEs I, II.4).
+    """The first step by Hairer, Norsett & Wanner's rule (`solvers.initial_step_size`).
 
-    With `d0 = ||y0||`, `d1 = ||f(t0, y0)||` and `d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0`
-    in the tolerance-scaled RMS norm: `h0 = 0.01 d0 / d1`, then
-    `h = min(100 h0, (0.01 / max(d1, d2))^(1 / (p + 1)))`. Two vector-field evaluations.
-    (diffrax 0.7.2's own selection is bypassed inside `diffeqsolve`, which then starts with a
-    fixed 0.01 whatever the problem's scale.)
+    diffrax 0.7.2's own selection is bypassed inside `diffeqsolve`, which then starts with a
+    fixed 0.01 whatever the problem's scale.
     """
 
     def f(t, y):
@@ -188,26 +187,7 @@ def _initial_step(terms, solver, t0, t1, y0, args, rtol, atol):
             out = jtu.tree_map(lambda *parts: sum(parts), *out)
         return out
 
-    def norm(tree, scale):
-        leaves = [jnp.ravel(x / s) for x, s in zip(jtu.tree_leaves(tree), scale, strict=True)]
-        return jnp.sqrt(jnp.mean(jnp.abs(jnp.concatenate(leaves)) ** 2))
-
-    direction = jnp.where(t1 >= t0, 1, -1)
-    scale = [atol + rtol * jnp.abs(x) for x in jtu.tree_leaves(y0)]
-    f0 = f(t0, y0)
-    d0, d1 = norm(y0, scale), norm(f0, scale)
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.where(d1 == 0, 1, d1))
-    y1 = jtu.tree_map(lambda y, k: y + direction * h0 * k, y0, f0)
-    f1 = f(t0 + direction * h0, y1)
-    d2 = norm(jtu.tree_map(jnp.subtract, f1, f0), scale) / h0
-    max_d = jnp.maximum(d1, d2)
-    h1 = jnp.where(
-        max_d <= 1e-15,
-        jnp.maximum(1e-6, 1e-3 * h0),
-        (0.01 / jnp.where(max_d == 0, 1, max_d)) ** (1 / solver.error_order(terms)),
-    )
-    h = jnp.minimum(jnp.minimum(100 * h0, h1), jnp.abs(t1 - t0))
-    return jax.lax.stop_gradient(direction * h).astype(jnp.result_type(t0, t1))
+    return initial_step_size(f, t0, t1, y0, rtol, atol, solver.error_order(terms))
 
 
 def _forward_in_time(t0, t1) -> bool:
@@ -262,22 +242,37 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
             )
         grid = _fixed_step_grid(t0, t1, dt0, dtype, max_steps)
         return (diffrax.ConstantStepSize() if grid is None else diffrax.StepTo(grid)), None
-    if stepsize_controller == "pid":
+    if isinstance(solver, BDF):
+        if stepsize_controller != "pid":
+            raise ValueError(
+                f"unknown stepsize_controller {stepsize_controller!r} for BDF; use None "
+                "(adaptive: BDF's own step and order selection), 'constant' or a "
+                "diffrax.AbstractStepSizeController"
+            )
+        controller = BDFController(rtol=rtol, atol=atol)
+    elif stepsize_controller == "pid":
         if not adaptive_solver:
             raise ValueError(
                 f"{type(solver).__name__} has no error estimate: use "
                 "stepsize_controller='constant' with dt0"
             )
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        if jump_ts is None or np.size(jump_ts) == 0:
-            return controller, None
-        jump_ts = jnp.asarray(jump_ts, dtype)
-        clipped = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
-        return clipped, clipped.jump_ts
-    raise ValueError(
-        f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant' or a "
-        "diffrax.AbstractStepSizeController"
-    )
+    else:
+        raise ValueError(
+            f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant' or "
+            "a diffrax.AbstractStepSizeController"
+        )
+    if jump_ts is None or np.size(jump_ts) == 0:
+        return controller, None
+    jump_ts = jnp.asarray(jump_ts, dtype)
+    clipped = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
+    return clipped, clipped.jump_ts
+
+
+def _bdf_controller(controller) -> BDFController | None:
+    if isinstance(controller, diffrax.ClipStepSizeController):
+        controller = controller.controller
+    return controller if isinstance(controller, BDFController) else None
 
 
 def _saveat(saveat):
@@ -362,8 +357,13 @@ def solve(
     t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)
     y0 = _check_y0(terms, t0, y0, args)
     controller, jump_ts = _controller(
-        stepsize_controller, solver, rtol, atol, (*given_times, jnp.result_type(t0, t1)),
-        jump_ts, max_steps,
+        stepsize_controller,
+        solver,
+        rtol,
+        atol,
+        (*given_times, jnp.result_type(t0, t1)),
+        jump_ts,
+        max_steps,
     )
     adjoint = _adjoint(adjoint)
     if isinstance(controller, diffrax.StepTo):
@@ -383,8 +383,18 @@ def solve(
     if jump_ts is not None and _forward_in_time(*given_times[:2]):
         stepping_solver = JumpAwareSolver(solver, jump_ts)
     adaptive_start = dt0 is None and not fixed_steps
-    if adaptive_start:
+    own_controller = _bdf_controller(controller) is not None
+    if adaptive_start and not own_controller:  # BDFController picks BDF's first step itself
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
+    saveat = _saveat(saveat)
+    if own_controller:  # its state holds BDF's work counts
+        saveat = diffrax.SaveAt(
+            subs=saveat.subs,
+            dense=saveat.dense,
+            solver_state=saveat.solver_state,
+            controller_state=True,
+            made_jump=saveat.made_jump,
+        )
     sol = diffrax.diffeqsolve(
         terms,
         stepping_solver,
@@ -393,7 +403,7 @@ def solve(
         dt0,
         y0,
         args=args,
-        saveat=_saveat(saveat),
+        saveat=saveat,
         stepsize_controller=controller,
         adjoint=adjoint,
         max_steps=max_steps,
@@ -407,17 +417,22 @@ def solve(
             f"stiffnode.solve: step budget exhausted: max_steps={max_steps} steps were taken "
             "before reaching t1; raise max_steps or loosen rtol/atol",
         )
+        sol = eqx.error_if(
+            sol,
+            sol.result == diffrax.RESULTS.dt_min_reached,
+            "stiffnode.solve: step size underflow: the solver's step fell below the spacing "
+            "of floating-point times (or dtmin); the problem may blow up or be singular",
+        )
         sol = sol.result.error_if(sol, sol.result != diffrax.RESULTS.successful)
     num_jumps = 0
     if jump_ts is not None:
         lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
         num_jumps = jnp.sum((jump_ts > lo) & (jump_ts < hi))
-    stats = {
-        "num_steps": sol.stats["num_steps"],
-        "num_accepted_steps": sol.stats["num_accepted_steps"],
-        "num_rejected_steps": sol.stats["num_rejected_steps"],
-        "num_vf_evals": count_vf_evals(
-            solver, terms, sol.stats["num_steps"], adaptive_start, num_jumps
-        ),
-    }
+    bdf_stats = None
+    if own_controller:
+        state = sol.controller_state
+        bdf_stats = (
+            state.inner_state if isinstance(controller, diffrax.ClipStepSizeController) else state
+        )
+    stats = solver_stats(solver, terms, sol.stats, adaptive_start, num_jumps, bdf_stats)
     return Solution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result, solution=sol)

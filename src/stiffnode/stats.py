@@ -5,22 +5,37 @@
 - `num_steps`: step attempts, accepted plus rejected.
 - `num_accepted_steps`, `num_rejected_steps`.
 - `num_vf_evals`: evaluations of the vector field in the forward solve, with rejected steps
-  and the automatic initial-step selection (two evaluations, `solve._initial_step`); a
-  backsolve adjoint's backward solve is not included.
+  and the automatic initial-step selection (two evaluations, `solvers.initial_step_size`);
+  a backsolve adjoint's backward solve is not included.
+- `num_jac_evals`: Jacobian evaluations (autodiff; each costs about n evaluations of the
+  vector field in forward mode, not included in `num_vf_evals`).
+- `num_lu_decompositions`: LU factorisations of the Newton iteration matrix.
+- `num_newton_iters`: Newton iterations (one vector-field evaluation each).
+- `num_newton_failures`: step attempts rejected because Newton did not converge.
+- `num_error_test_failures`: step attempts rejected by the local error test.
+- `num_steps_per_order` (BDF only): accepted steps taken at orders 1..5.
 
-  Counted for Euler and explicit Runge--Kutta methods: every step attempt costs the
-  tableau's stages, one fewer for first-same-as-last (FSAL) methods, which evaluate their
-  first stage afresh only on the first step and after each jump in `jump_ts`. One case is
-  invisible from outside diffrax: a step rejected right after the start or a jump makes an
-  FSAL method evaluate its first stage again; those few evaluations are missing, the count
-  is otherwise exact. For diffrax's implicit solvers the Newton iterations run inside
-  diffrax and cannot be counted from outside: there the value is -1 (`NOT_COUNTED`),
-  never a guess.
+Who counts what:
+
+- `stiffnode.solvers.BDF` (adaptive) counts all of these itself, rejected attempts included.
+- Euler and explicit Runge--Kutta methods: `num_vf_evals` from the tableau: every step
+  attempt costs the tableau's stages, one fewer for first-same-as-last (FSAL) methods, which
+  evaluate their first stage afresh only on the first step and after each jump in
+  `jump_ts`. One case is invisible from outside diffrax: a step rejected right after the
+  start or a jump makes an FSAL method evaluate its first stage again; those few
+  evaluations are missing, the count is otherwise exact. They use no Jacobian, LU or
+  Newton (zeros), and every rejection is an error-test failure.
+- diffrax's implicit solvers (Kvaerno, KenCarp, ImplicitEuler) run their Newton iterations
+  inside diffrax, where they cannot be counted from outside, and BDF under fixed steps has
+  no controller to count for it: there the uncounted values are -1 (`NOT_COUNTED`), never
+  a guess.
 """
 
 import diffrax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
+
+from .solvers.bdf_controller import STAT_KEYS, BDFStats
 
 NOT_COUNTED = -1
 
@@ -54,3 +69,34 @@ def count_vf_evals(
         return jnp.full_like(num_steps, NOT_COUNTED)
     per_attempt, restart = per_step
     return num_steps * per_attempt + restart * (1 + num_jumps) + (2 if adaptive_start else 0)
+
+
+def solver_stats(
+    solver: diffrax.AbstractSolver,
+    terms: diffrax.AbstractTerm,
+    diffrax_stats: dict[str, Int[Array, ""]],
+    adaptive_start: bool,
+    num_jumps: Int[Array, ""] | int = 0,
+    bdf_stats: BDFStats | None = None,
+) -> dict[str, Int[Array, ""]]:
+    """All the statistics above for a solve, from diffrax's step counts and, for BDF, the
+    counts its controller collected (`bdf_stats`)."""
+    num_steps = diffrax_stats["num_steps"]
+    stats = {
+        "num_steps": num_steps,
+        "num_accepted_steps": diffrax_stats["num_accepted_steps"],
+        "num_rejected_steps": diffrax_stats["num_rejected_steps"],
+    }
+    if bdf_stats is not None:
+        return stats | bdf_stats.as_dict()
+    num_vf_evals = count_vf_evals(solver, terms, num_steps, adaptive_start, num_jumps)
+    stats["num_vf_evals"] = num_vf_evals
+    explicit = _evals_per_step_and_init(solver) is not None
+    for key in STAT_KEYS[1:-1]:
+        stats[key] = (
+            jnp.zeros_like(num_steps) if explicit else jnp.full_like(num_steps, NOT_COUNTED)
+        )
+    stats["num_error_test_failures"] = (
+        diffrax_stats["num_rejected_steps"] if explicit else jnp.full_like(num_steps, NOT_COUNTED)
+    )
+    return stats

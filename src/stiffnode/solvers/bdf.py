@@ -351,7 +351,12 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
         y1 = unravel(y_new)
         del n
-        return y1, report, dense_info, new_state, diffrax.RESULTS.successful
+        # Only seen when the step is kept: BDFController rejects and retries a failed step;
+        # under fixed steps a Newton failure ends the solve.
+        result = diffrax.RESULTS.where(
+            converged, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
+        )
+        return y1, report, dense_info, new_state, result
 
     # -- linear algebra --------------------------------------------------------------------
 
