@@ -1,6 +1,18 @@
 """stiffnode: stiffness in neural networks seen as differential equations."""
 
-from . import cnf, crossing, data, gradients, models, problems, solvers, stats, toy_densities, train
+from . import (
+    cnf,
+    crossing,
+    data,
+    gradients,
+    models,
+    problems,
+    regularizers,
+    solvers,
+    stats,
+    toy_densities,
+    train,
+)
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
 
@@ -20,6 +32,7 @@ __all__ = [
     "gradients",
     "models",
     "problems",
+    "regularizers",
     "solve",
     "solvers",
     "stats",
