@@ -117,7 +117,41 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="also write the figures to DIR/demo.json")
     demo.add_argument("--quiet", action="store_true",
                       help="no progress bar or progress messages, only the results")
+    _add_study_parser(commands)
     return parser
+
+
+def _add_study_parser(commands):
+    """`stiffnode study`: the seed's RES / RES L2 / RES stiff study (stiffnode.studies)."""
+    from .studies.seed_resnet import TASKS
+    from .trials import PENALTIES
+
+    study = commands.add_parser(
+        "study",
+        help="the seed's ResNet study: RES, RES L2, RES stiff over many trials",
+        description="Train RES (no penalty), RES L2 (lambda 1e-5) and RES stiff (spectral "
+        "radius, lambda 1e-3) ResNets over many initialisations (vmapped) and write "
+        "DIR/summary.json (medians of ER, GE, stiffness, wall time), CSVs and PNGs. Resumes "
+        "an interrupted run in the same DIR.",
+    )
+    study.add_argument("--task", choices=tuple(TASKS), default="pollu",
+                       help="alpine02 (width 20, depth 10, 10k epochs) or pollu (the POLLU "
+                       "ensemble; width 50, depth 16, 1k epochs); default pollu")
+    study.add_argument("--trials", type=_positive_int, default=None,
+                       help="initialisations per model (default 25)")
+    study.add_argument("--epochs", type=_positive_int, default=None,
+                       help="training epochs (default: the task's seed setting)")
+    study.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="output directory (also where a stopped study resumes)")
+    study.add_argument("--seed", type=int, default=0, help="first trial seed (default 0)")
+    study.add_argument("--stiff-proxy", choices=PENALTIES, default="amortised",
+                       help="RES stiff's penalty (default amortised power iteration; the "
+                       "seed's: gelfand)")
+    study.add_argument("--eval-every", type=_positive_int, default=None,
+                       help="epochs between history records")
+    study.add_argument("--group-size", type=_positive_int, default=None,
+                       help="trials per vmapped program (default all)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _float_or_none(value) -> float | None:
@@ -280,10 +314,19 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     """The `stiffnode` console command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
     parser = _build_parser()
-    if not argv or argv[0] not in ("demo", "-h", "--help", "--version"):
+    if not argv or argv[0] not in ("demo", "study", "-h", "--help", "--version"):
         argv = ["demo", *argv]
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(epochs=args.epochs, width=args.width, depth=args.depth, seed=args.seed,
              out=args.out, quiet=args.quiet)
+    elif args.command == "study":
+        from .studies.seed_resnet import run_study
+
+        summary = run_study(args.task, out=args.out, trials=args.trials, epochs=args.epochs,
+                            seed=args.seed, stiff_penalty=args.stiff_proxy,
+                            eval_every=args.eval_every, group_size=args.group_size,
+                            progress=not args.quiet)
+        print(json.dumps(summary, indent=2))
+        print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

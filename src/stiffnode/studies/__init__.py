@@ -1,0 +1,5 @@
+"""Experiments that reproduce and extend the seeds' tables."""
+
+from . import seed_resnet
+
+__all__ = ["seed_resnet"]

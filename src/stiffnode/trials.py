@@ -1,0 +1,428 @@
+"""Training many ResNet initialisations at once: one compiled program, vmapped over seeds.
+
+Each trial is minibatch Adam with a reduce-on-plateau learning rate (optax's
+`contrib.reduce_on_plateau`, stepped once per epoch on the epoch's mean loss, as PyTorch's
+`ReduceLROnPlateau` is in the seed), on the seed's loss
+`sqrt(mean_i (|F(x_i) - y_i|^2 + lam * p_i^2))` (`losses.penalised_loss`), where `p_i` is
+nothing (RES), the parameters' L2 norm (RES L2) or the sum over layers of a stiffness proxy
+of sample i's layer Jacobians (RES stiff). Trials differ only in their seed (initialisation,
+shuffles, power vectors); all of them run in one `jit(vmap(...))`.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array
+
+from ._validation import positive_int
+from .losses import l2_norm, penalised_loss
+from .models import ResNet
+from .stiffness import (
+    amortised_power_init,
+    amortised_spectral_radius,
+    forward_with_slopes,
+    layer_frobenius,
+    modulus_ratio,
+    singular_ratio,
+    spectral_radius_gelfand,
+    spectral_radius_power,
+    stiffness_ratio,
+)
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "gelu": jax.nn.gelu,
+}
+
+
+def _dense(proxy):
+    return lambda slopes, weights: proxy(slopes[..., :, None] * weights)
+
+
+# Per-layer penalties p_{n,i} from the slopes s and weights W of J = diag(s) W.
+_LAYER_PENALTIES: dict[str, Callable] = {
+    "frobenius": layer_frobenius,  # structured, no product formed
+    "gelfand": _dense(spectral_radius_gelfand),
+    "power": _dense(lambda J: spectral_radius_power(J, iters=20)),
+    "singular": _dense(singular_ratio),
+    "stiffness_ratio": _dense(stiffness_ratio),
+    "modulus_ratio": _dense(modulus_ratio),
+}
+
+PENALTIES: tuple[str, ...] = ("none", "l2", *_LAYER_PENALTIES, "amortised")
+"""Penalty names: `none`, `l2` (parameters' L2 norm), a per-layer stiffness proxy summed over
+layers (`frobenius` structured; `gelfand` (10 squarings), `power` (20 iterations), `singular`
+(ratio), `stiffness_ratio`, `modulus_ratio` on the dense Jacobians), or `amortised` (power
+iteration with vectors kept across steps, `stiffness.amortised_spectral_radius`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Model and training settings shared by all trials (hashable: the compile key).
+
+    `num_batches` minibatches of `batch_size` per epoch (default `n_train // batch_size`);
+    when `num_batches * batch_size` exceeds `n_train` the epoch's permutation wraps around
+    (the seed's POLLU-sized 100 x 20 on 1996 samples repeats 4 samples per epoch).
+    History is recorded every `eval_every` epochs; its stiffness proxies are computed on
+    the first `proxy_samples` training samples.
+    """
+
+    width: int
+    depth: int
+    epochs: int
+    batch_size: int
+    num_batches: int | None = None
+    activation: str = "tanh"
+    T: float = 1.0
+    learning_rate: float = 1e-3
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
+    plateau_rtol: float = 1e-4
+    penalty: str = "none"
+    lam: float = 0.0
+    power_iters: int = 1
+    eval_every: int = 1
+    proxy_samples: int = 16
+
+    def __post_init__(self):
+        for name in ("width", "depth", "epochs", "batch_size", "power_iters", "eval_every",
+                     "proxy_samples", "plateau_patience"):
+            positive_int(name, getattr(self, name))
+        if self.num_batches is not None:
+            positive_int("num_batches", self.num_batches)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; use one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"unknown penalty {self.penalty!r}; use one of {', '.join(PENALTIES)}")
+        if not (self.lam >= 0 and np.isfinite(self.lam)):
+            raise ValueError(f"lam must be a finite non-negative number, got {self.lam!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.epochs % self.eval_every:
+            raise ValueError(f"eval_every={self.eval_every} must divide epochs={self.epochs}")
+
+
+class TrialState(NamedTuple):
+    """One trial's (or, stacked, all trials') training state: a pytree of arrays."""
+
+    params: Any
+    opt_state: Any
+    vectors: Array  # amortised power vectors (n_train, N, 2, width); (1, 1, 2, 1) if unused
+    key: Array
+    epoch: Array
+
+
+class TrialsResult(NamedTuple):
+    """What `train_trials` returns; every array has a leading trial axis."""
+
+    models: ResNet  # stacked: eqx.filter_vmap over it, or index with `trial_model`
+    history: dict[str, np.ndarray]  # (trials, n_evals), recorded after epochs `epochs`
+    epochs: np.ndarray  # (n_evals,) the epoch count after which each history entry was taken
+    final: dict[str, np.ndarray]  # (trials,)
+    wall_time_s: float  # training time of the whole vmapped group (compilation included)
+
+
+def trial_model(models: ResNet, i: int) -> ResNet:
+    """Trial `i` of stacked models."""
+    return jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, models)
+
+
+def _optimizer(config: TrainConfig, num_batches: int):
+    return optax.chain(
+        optax.adam(config.learning_rate),
+        optax.contrib.reduce_on_plateau(
+            factor=config.plateau_factor, patience=config.plateau_patience,
+            rtol=config.plateau_rtol, atol=0.0, accumulation_size=num_batches,
+        ),
+    )
+
+
+def _num_batches(config: TrainConfig, n_train: int) -> int:
+    if config.batch_size > n_train:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {n_train} training samples")
+    return config.num_batches or n_train // config.batch_size
+
+
+def _make_model(config: TrainConfig, in_size, out_size, key, dtype):
+    return ResNet(in_size, out_size, config.width, config.depth, key=key,
+                  activation=ACTIVATIONS[config.activation], T=config.T, dtype=dtype)
+
+
+def _init_one(config, in_size, out_size, n_train, dtype, seed):
+    key = jax.random.PRNGKey(seed)
+    k_model, k_vec, k_train = jax.random.split(key, 3)
+    params, static = eqx.partition(_make_model(config, in_size, out_size, k_model, dtype),
+                                   eqx.is_inexact_array)
+    opt_state = _optimizer(config, _num_batches(config, n_train)).init(params)
+    shape = (n_train, config.depth, config.width) if config.penalty == "amortised" else (1, 1, 1)
+    vectors = amortised_power_init(*shape, key=k_vec, dtype=dtype).vectors
+    return TrialState(params, opt_state, vectors, k_train, jnp.zeros((), jnp.int32)), static
+
+
+def sample_penalties(config: TrainConfig, model: ResNet, x, vectors=None):
+    """`(predictions, p, next vectors)` for a batch `x`: `p_i` the penalty of sample i."""
+    pred, slopes = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, x)
+    if config.penalty in ("none", "l2"):
+        p = l2_norm(model) if config.penalty == "l2" else jnp.zeros((), pred.dtype)
+        return pred, p, vectors
+    if config.penalty == "amortised":
+        rho, vectors = amortised_spectral_radius(slopes, model.weights, vectors, config.power_iters)
+        return pred, jnp.sum(rho, axis=-1), vectors
+    return pred, jnp.sum(_LAYER_PENALTIES[config.penalty](slopes, model.weights), -1), vectors
+
+
+def _eval_proxies(model: ResNet, x, dense: bool = True):
+    """Mean over samples of the per-sample sum over layers of each proxy."""
+    _, slopes = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, x)
+    out = {"frobenius": jnp.mean(jnp.sum(layer_frobenius(slopes, model.weights), -1))}
+    if dense:
+        J = slopes[..., :, None] * model.weights
+        out["gelfand"] = jnp.mean(jnp.sum(spectral_radius_gelfand(J), -1))
+    return out
+
+
+def _build(config: TrainConfig, static, n_train: int):
+    """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation."""
+    num_batches = _num_batches(config, n_train)
+    optimizer = _optimizer(config, num_batches)
+    total = num_batches * config.batch_size
+
+    def loss_fn(params, xb, yb, qb):
+        model = eqx.combine(params, static)
+        pred, p, q = sample_penalties(config, model, xb, qb)
+        return penalised_loss(pred, yb, p, config.lam), q
+
+    amortised = config.penalty == "amortised"
+
+    def step(carry, batch):
+        params, opt_state, x, y = carry
+        idx, qb = batch
+        (value, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x[idx], y[idx], qb)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state, x, y), (value, q)
+
+    def epoch(carry, _):
+        state, x, y = carry
+        key, k_perm = jax.random.split(state.key)
+        perm = jax.random.permutation(k_perm, n_train)
+        reps = -(-total // n_train)
+        batches = jnp.tile(perm, reps)[:total].reshape(num_batches, config.batch_size)
+        # The power vectors are gathered and scattered once per epoch, not per step.
+        qs = state.vectors[batches] if amortised else None
+        (params, opt_state, _, _), (losses, qs) = jax.lax.scan(
+            step, (state.params, state.opt_state, x, y), (batches, qs))
+        vectors = state.vectors
+        if amortised:
+            vectors = vectors.at[batches.reshape(-1)].set(qs.reshape(-1, *qs.shape[2:]))
+        state = TrialState(params, opt_state, vectors, key, state.epoch + 1)
+        return (state, x, y), jnp.mean(losses)
+
+    def chunk(state, x, y, x_test, y_test):
+        (state, _, _), losses = jax.lax.scan(epoch, (state, x, y), None, length=config.eval_every)
+        model = eqx.combine(state.params, static)
+        metrics = {
+            "loss": losses[-1],
+            "ER": jnp.mean((jax.vmap(model)(x) - y) ** 2),
+            "GE": jnp.mean((jax.vmap(model)(x_test) - y_test) ** 2),
+            "l2_norm": l2_norm(state.params),
+            "lr": config.learning_rate * state.opt_state[1].scale,
+            **_eval_proxies(model, x[: config.proxy_samples]),
+        }
+        return state, metrics
+
+    return eqx.filter_jit(jax.vmap(chunk, in_axes=(0, None, None, None, None)))
+
+
+def final_metrics(
+    models: ResNet, data, *, stiffness_samples: int = 256, proxy_samples: int = 16
+) -> dict[str, np.ndarray]:
+    """Per trial: ER, GE (MSE on the train and test sets), `stiffness` (the seed's: the sum
+    over layers of the Gelfand spectral radius, mean over the first `stiffness_samples`
+    training samples) and every proxy (sum over layers, mean over `proxy_samples` samples)."""
+    x, y, x_test, y_test = (jnp.asarray(a) for a in data[:4])
+
+    @eqx.filter_jit
+    def one(model):
+        xs = x[:proxy_samples]
+        _, slopes = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, xs)
+        J = slopes[..., :, None] * model.weights
+        _, s_stiff = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, x[:stiffness_samples])
+        J_stiff = s_stiff[..., :, None] * model.weights
+        per_layer = {
+            "frobenius": layer_frobenius(slopes, model.weights),
+            "gelfand": spectral_radius_gelfand(J),
+            "power": spectral_radius_power(J, iters=100),
+            "singular_ratio": singular_ratio(J),
+        }
+        out = {k: jnp.mean(jnp.sum(v, -1)) for k, v in per_layer.items()}
+        out["ER"] = jnp.mean((jax.vmap(model)(x) - y) ** 2)
+        out["GE"] = jnp.mean((jax.vmap(model)(x_test) - y_test) ** 2)
+        out["stiffness"] = jnp.mean(jnp.sum(spectral_radius_gelfand(J_stiff), -1))
+        out["l2_norm"] = l2_norm(model)
+        return out, J
+
+    num = jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_array))[0].shape[0]
+    results = []
+    for i in range(num):
+        out, J = one(trial_model(models, i))
+        out = {k: float(v) for k, v in out.items()}
+        # Eigenvalue ratios: median over samples and layers (eig runs on the CPU only).
+        Jn = np.asarray(J, np.float64)
+        lam = np.linalg.eigvals(Jn)
+        re, mod = np.abs(lam.real), np.abs(lam)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["stiffness_ratio"] = float(np.median(re.max(-1) / re.min(-1)))
+            out["modulus_ratio"] = float(np.median(mod.max(-1) / mod.min(-1)))
+        results.append(out)
+    return {k: np.array([r[k] for r in results]) for k in results[0]}
+
+
+def _save_checkpoint(path: Path, state, history, epochs_done):
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays |= {f"hist_{k}": np.asarray(v) for k, v in history.items()}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, epochs_done=epochs_done, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, like):
+    with np.load(path) as f:
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        loaded = [jnp.asarray(f[f"leaf_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)]
+        history = {k[5:]: list(f[k].T) for k in f.files if k.startswith("hist_")}
+        return jax.tree_util.tree_unflatten(treedef, loaded), history, int(f["epochs_done"])
+
+
+def train_trials(
+    config: TrainConfig,
+    data,
+    seeds,
+    *,
+    dtype=jnp.float32,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every_s: float = 60.0,
+    description: str = "training",
+) -> TrialsResult:
+    """Train one ResNet per seed, all trials vmapped in one compiled program.
+
+    Args:
+        config: the model and training settings (`TrainConfig`).
+        data: `(x_train, y_train, x_test, y_test)` (e.g. a `stiffnode.data.Dataset`).
+        seeds: one int per trial; seed s initialises the model, the shuffles and the power
+            vectors from `PRNGKey(s)` (the same seeds give the same initial models whatever
+            the penalty).
+        dtype: floating dtype of the models.
+        progress: show a tqdm bar over the epochs.
+        checkpoint: a file path; the training state is saved there every
+            `checkpoint_every_s` seconds and at the end, and a run finding it resumes from
+            it (same config, data and seeds).
+
+    Returns:
+        A `TrialsResult`: stacked models, history, final metrics (`final_metrics`), time.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one trial seed")
+    x, y, x_test, y_test = (jnp.asarray(a, dtype) for a in data[:4])
+    for name, a in (("x_train", x), ("y_train", y), ("x_test", x_test), ("y_test", y_test)):
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (samples, features), got shape {a.shape}")
+        if not np.all(np.isfinite(np.asarray(a))):
+            raise ValueError(f"{name} contains NaN or inf")
+    if x.shape[0] != y.shape[0] or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError("x and y differ in their number of samples")
+    n_train = x.shape[0]
+    _num_batches(config, n_train)
+
+    states, statics = zip(*(_init_one(config, x.shape[1], y.shape[1], n_train, dtype, s)
+                            for s in seeds), strict=True)
+    static = statics[0]
+    state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+    history: dict[str, list] = {}
+    done = 0
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    if checkpoint is not None and checkpoint.exists():
+        state, history, done = _load_checkpoint(checkpoint, state)
+
+    run_chunk = _build(config, static, n_train)
+    n_chunks = config.epochs // config.eval_every
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=done, desc=description, unit="epoch")
+    start = last_save = time.perf_counter()
+    try:
+        for _ in range(done // config.eval_every, n_chunks):
+            state, metrics = run_chunk(state, x, y, x_test, y_test)
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(np.asarray(v))
+            done += config.eval_every
+            if bar is not None:
+                bar.update(config.eval_every)
+                bar.set_postfix(ER=f"{np.median(history['ER'][-1]):.3g}",
+                                GE=f"{np.median(history['GE'][-1]):.3g}", refresh=False)
+            if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
+                _save_checkpoint(checkpoint, state, _stack(history), done)
+                last_save = time.perf_counter()
+        jax.block_until_ready(state)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, state, _stack(history), done)
+    models = eqx.combine(state.params, static)
+    hist = _stack(history)
+    epochs = np.arange(1, n_chunks + 1) * config.eval_every
+    return TrialsResult(models, hist, epochs, final_metrics(models, (x, y, x_test, y_test),
+                                                            proxy_samples=config.proxy_samples),
+                        wall)
+
+
+def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
+    """`{name: (trials, n_evals)}` from per-eval lists of `(trials,)` arrays."""
+    return {k: np.stack(v, axis=-1) for k, v in history.items()}
+
+
+def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
+    """`(step, state)`: one un-vmapped training step `step(state, xb, yb, idx)` of `config`'s
+    loss, for benchmarks; `state = (params, opt_state, vectors)`."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = _optimizer(config, _num_batches(config, n_train))
+    shape = (n_train, config.depth, config.width) if config.penalty == "amortised" else (1, 1, 1)
+    vectors = amortised_power_init(*shape, key=jax.random.PRNGKey(1),
+                                   dtype=model.weights.dtype).vectors
+
+    def loss_fn(params, xb, yb, qb):
+        pred, p, q = sample_penalties(config, eqx.combine(params, static), xb, qb)
+        return penalised_loss(pred, yb, p, config.lam), q
+
+    def step(state, xb, yb, idx):
+        params, opt_state, vectors = state
+        qb = vectors[idx] if config.penalty == "amortised" else None
+        (value, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb, qb)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        if config.penalty == "amortised":
+            vectors = vectors.at[idx].set(q)
+        return optax.apply_updates(params, updates), opt_state, vectors
+
+    return step, (params, optimizer.init(params), vectors)
+
+
