@@ -350,8 +350,9 @@ def solve(
     named = isinstance(solver, str)
     solver = get_solver(solver)
     max_steps = positive_int("max_steps", max_steps)
-    rtol = _check_tolerance("rtol", rtol)
-    atol = _check_tolerance("atol", atol)
+    # As arrays, so that a new tolerance does not recompile the solve.
+    rtol = jnp.asarray(_check_tolerance("rtol", rtol))
+    atol = jnp.asarray(_check_tolerance("atol", atol))
     terms = _terms(vector_field, solver)
     given_times = (t0, t1, dt0)
     t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)

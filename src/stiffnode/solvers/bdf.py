@@ -164,6 +164,12 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             (matrix-free Newton-Krylov with lineax GMRES on JVPs).
         gmres_rtol: relative tolerance of each GMRES solve (matrix-free only).
         gmres_restart: GMRES restart length (matrix-free only).
+        root_finder: where the Newton tolerances come from: any object with `rtol`, `atol`
+            and `norm` (e.g. `diffrax.VeryChord(rtol=..., atol=...)`); by default they are
+            taken from the step-size controller. Needed only under fixed steps. BDF runs
+            its own simplified Newton iteration (at most 4 iterations, stopped when the
+            contraction rate predicts the error `rate / (1 - rate) ||dy||` falls below
+            `max(10 eps / rtol, min(0.03, sqrt(rtol)))` in the tolerance-scaled norm).
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -174,7 +180,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     linear_solver: Literal["lu", "gmres"] = eqx.field(default="lu", static=True)
     gmres_rtol: float = eqx.field(default=1e-3, static=True)
     gmres_restart: int = eqx.field(default=30, static=True)
-    root_finder: _NewtonTolerances = _NewtonTolerances()
+    root_finder: object = _NewtonTolerances()
     root_find_max_steps: int = eqx.field(default=NEWTON_MAXITER, static=True)
 
     def __check_init__(self):
