@@ -232,6 +232,8 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
         return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
     adaptive_solver = isinstance(solver, diffrax.AbstractAdaptiveSolver)
+    if isinstance(solver, BDF) and stepsize_controller is None:
+        stepsize_controller = "bdf"
     if stepsize_controller is None:
         stepsize_controller = "pid" if adaptive_solver else "constant"
     if stepsize_controller == "constant":
@@ -242,13 +244,13 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
             )
         grid = _fixed_step_grid(t0, t1, dt0, dtype, max_steps)
         return (diffrax.ConstantStepSize() if grid is None else diffrax.StepTo(grid)), None
-    if isinstance(solver, BDF):
-        if stepsize_controller != "pid":
-            raise ValueError(
-                f"unknown stepsize_controller {stepsize_controller!r} for BDF; use None "
-                "(adaptive: BDF's own step and order selection), 'constant' or a "
-                "diffrax.AbstractStepSizeController"
-            )
+    if isinstance(solver, BDF) != (stepsize_controller == "bdf"):
+        raise ValueError(
+            f"stepsize_controller={stepsize_controller!r} with {type(solver).__name__}: BDF "
+            "chooses its own steps and orders (leave stepsize_controller=None, or use "
+            "'constant' with dt0, or a solvers.BDFController)"
+        )
+    if stepsize_controller == "bdf":
         controller = BDFController(rtol=rtol, atol=atol)
     elif stepsize_controller == "pid":
         if not adaptive_solver:

@@ -239,6 +239,14 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         def fn(t, y):
             return ravel_pytree(terms.vf(t, unravel(y), args))[0]
 
+        # The Newton iterations, Jacobians and factorisations run on values without
+        # gradients; the solution's gradient comes from the implicit function theorem.
+        dynamic, static = eqx.partition((terms, args), eqx.is_inexact_array)
+        terms_ng, args_ng = eqx.combine(jax.lax.stop_gradient(dynamic), static)
+
+        def fn_ng(t, y):
+            return ravel_pytree(terms_ng.vf(t, unravel(y), args_ng))[0]
+
         gamma, alpha, error_const = (jnp.asarray(c, dtype) for c in _coefficients(self.ndf))
         h = t1 - t0
         state = solver_state
@@ -271,18 +279,20 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         c = (h / alpha[order]).astype(dtype)
         newton_tol = jnp.maximum(10 * jnp.finfo(dtype).eps / rtol, jnp.minimum(0.03, rtol**0.5))
 
+        sg = jax.lax.stop_gradient
+        newton_args = (fn_ng, sg(t1), sg(y_predict), sg(c), sg(psi), sg(scale), newton_tol, norm)
         matrix = state.newton
-        matrix, num_jac, num_lu = self._refresh(fn, t1, y_predict, c, matrix, ~matrix.has_jac)
-        d, n_iter, converged = self._newton(
-            fn, t1, y_predict, c, psi, scale, newton_tol, norm, matrix
+        matrix, num_jac, num_lu = self._refresh(
+            fn_ng, sg(t1), sg(y_predict), sg(c), matrix, ~matrix.has_jac
         )
+        d, n_iter, converged = self._newton(*newton_args, matrix)
         num_f = num_f + n_iter
         # Newton failed with a Jacobian from an earlier step: re-evaluate it and try again.
         retry = ~converged & (num_jac == 0)
 
         def again(_):
-            m, nj, nlu = self._refresh(fn, t1, y_predict, c, matrix, jnp.array(True))
-            d2, it2, conv2 = self._newton(fn, t1, y_predict, c, psi, scale, newton_tol, norm, m)
+            m, nj, nlu = self._refresh(fn_ng, sg(t1), sg(y_predict), sg(c), matrix, jnp.array(True))
+            d2, it2, conv2 = self._newton(*newton_args, m)
             return m, nj, nlu, d2, it2, conv2
 
         def keep(_):
@@ -293,6 +303,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
         n_iter = jnp.where(retry, n_iter2, n_iter)
         num_iters = num_f - f_restart
+        d = self._implicit_gradient(fn, t1, y_predict, c, psi, d)
 
         y_new = y_predict + d
         scale_new = atol + rtol * jnp.abs(y_new)
@@ -353,7 +364,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         dense_info = dict(
             D=jax.vmap(unravel)(D_new[:_K]),
             h=jnp.asarray(h),
-            order=order,
+            order=order.astype(dtype),  # float: diffrax pre-fills dense buffers with inf
         )
         y1 = unravel(y_new)
         del n
@@ -428,47 +439,49 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         return solve
 
     def _newton(self, fn, t, y_predict, c, psi, scale, tol, norm, matrix):
-        """Solve `d = c f(t, y_predict + d) - psi` by simplified Newton (at most 4 iterations,
-        stopped early when the contraction rate predicts failure, as in scipy's BDF).
-
-        Returns `(d, iterations, converged)`. Differentiable: the gradient of `d` is that of
-        the exact root, by the implicit function theorem (`jax.lax.custom_root`).
+        """Solve `d = c f(t, y_predict + d) - psi` by simplified Newton with the iteration
+        matrix `I - c J`: at most 4 iterations, stopped early when the contraction rate
+        predicts failure, as in scipy's BDF. Returns `(d, iterations, converged)`.
         """
         solve_linear = self._linear_solve(fn, c, matrix)
 
-        def residual(d):
-            return c * fn(t, y_predict + d) - psi - d
-
-        def iterate(residual_fn, d0):
-            def body(carry):
-                k, d, norm_old, converged, failed = carry
-                r = residual_fn(d)
-                finite = jnp.all(jnp.isfinite(r))
-                dy = solve_linear(r)
-                dy_norm = norm(dy / scale)
-                rate = dy_norm / norm_old
-                first = k == 0
-                diverging = ~first & (
-                    (rate >= 1) | (rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol)
-                )
-                bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
-                d = jnp.where(bad, d, d + dy)
-                done = ~bad & ((dy_norm == 0) | (~first & (rate / (1 - rate) * dy_norm < tol)))
-                return k + 1, d, dy_norm, done, bad
-
-            def cond(carry):
-                k, _, _, converged, failed = carry
-                return (k < NEWTON_MAXITER) & ~converged & ~failed
-
-            init = (
-                jnp.array(0, jnp.int32),
-                d0,
-                jnp.array(jnp.inf, d0.dtype),
-                jnp.array(False),
-                jnp.array(False),
+        def body(carry):
+            k, d, norm_old, _, _ = carry
+            r = c * fn(t, y_predict + d) - psi - d
+            finite = jnp.all(jnp.isfinite(r))
+            dy = solve_linear(r)
+            dy_norm = norm(dy / scale)
+            rate = dy_norm / norm_old
+            first = k == 0
+            diverging = ~first & (
+                (rate >= 1) | (rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol)
             )
-            k, d, _, converged, _ = jax.lax.while_loop(cond, body, init)
-            return d, (k, converged)
+            bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
+            d = jnp.where(bad, d, d + dy)
+            done = ~bad & ((dy_norm == 0) | (~first & (rate / (1 - rate) * dy_norm < tol)))
+            return k + 1, d, dy_norm, done, bad
+
+        def cond(carry):
+            k, _, _, converged, failed = carry
+            return (k < NEWTON_MAXITER) & ~converged & ~failed
+
+        init = (
+            jnp.array(0, jnp.int32),
+            jnp.zeros_like(y_predict),
+            jnp.array(jnp.inf, y_predict.dtype),
+            jnp.array(False),
+            jnp.array(False),
+        )
+        k, d, _, converged, _ = jax.lax.while_loop(cond, body, init)
+        return d, k, converged
+
+    def _implicit_gradient(self, fn, t, y_predict, c, psi, d):
+        """`d` unchanged, with the gradient of the exact root of
+        `G(d) = c f(t, y_predict + d) - psi - d = 0` (implicit function theorem:
+        `dd = -(dG/dd)^{-1} dG`), so that backprop never enters the Newton loop."""
+
+        def residual(x):
+            return c * fn(t, y_predict + x) - psi - x
 
         def tangent_solve(g, b):
             structure = jax.ShapeDtypeStruct(b.shape, b.dtype)
@@ -480,6 +493,6 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             )
             return lx.linear_solve(operator, b, solver).value
 
-        d0 = jnp.zeros_like(y_predict)
-        d, (k, converged) = jax.lax.custom_root(residual, d0, iterate, tangent_solve, has_aux=True)
-        return d, k, converged
+        return jax.lax.custom_root(
+            residual, jax.lax.stop_gradient(d), lambda _, guess: guess, tangent_solve
+        )
