@@ -247,42 +247,45 @@ def _build(config: TrainConfig, static, n_train: int):
     return eqx.filter_jit(jax.vmap(chunk, in_axes=(0, None, None, None, None)))
 
 
+@eqx.filter_jit
+def _final_one(model: ResNet, x, y, x_test, y_test, stiffness_samples: int, proxy_samples: int):
+    def slopes_of(xs):
+        return jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, xs)[1]
+
+    slopes = slopes_of(x[:proxy_samples])
+    J = slopes[..., :, None] * model.weights
+    J_stiff = slopes_of(x[:stiffness_samples])[..., :, None] * model.weights
+    per_layer = {
+        "frobenius": layer_frobenius(slopes, model.weights),
+        "gelfand": spectral_radius_gelfand(J),
+        "power": spectral_radius_power(J, iters=100),
+        "singular_ratio": singular_ratio(J),
+    }
+    out = {k: jnp.mean(jnp.sum(v, -1)) for k, v in per_layer.items()}
+    out["ER"] = jnp.mean((jax.vmap(model)(x) - y) ** 2)
+    out["GE"] = jnp.mean((jax.vmap(model)(x_test) - y_test) ** 2)
+    out["stiffness"] = jnp.mean(jnp.sum(spectral_radius_gelfand(J_stiff), -1))
+    out["l2_norm"] = l2_norm(model)
+    return out, J
+
+
 def final_metrics(
     models: ResNet, data, *, stiffness_samples: int = 256, proxy_samples: int = 16
 ) -> dict[str, np.ndarray]:
     """Per trial: ER, GE (MSE on the train and test sets), `stiffness` (the seed's: the sum
     over layers of the Gelfand spectral radius, mean over the first `stiffness_samples`
-    training samples) and every proxy (sum over layers, mean over `proxy_samples` samples)."""
+    training samples), `l2_norm`, and the proxies `frobenius`, `gelfand`, `power`,
+    `singular_ratio` (sum over layers, mean over the first `proxy_samples` samples) and
+    `stiffness_ratio`, `modulus_ratio` (median over those samples and layers, by numpy's
+    eigenvalues: they are often `inf`-heavy)."""
     x, y, x_test, y_test = (jnp.asarray(a) for a in data[:4])
-
-    @eqx.filter_jit
-    def one(model):
-        xs = x[:proxy_samples]
-        _, slopes = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, xs)
-        J = slopes[..., :, None] * model.weights
-        _, s_stiff = jax.vmap(forward_with_slopes, in_axes=(None, 0))(model, x[:stiffness_samples])
-        J_stiff = s_stiff[..., :, None] * model.weights
-        per_layer = {
-            "frobenius": layer_frobenius(slopes, model.weights),
-            "gelfand": spectral_radius_gelfand(J),
-            "power": spectral_radius_power(J, iters=100),
-            "singular_ratio": singular_ratio(J),
-        }
-        out = {k: jnp.mean(jnp.sum(v, -1)) for k, v in per_layer.items()}
-        out["ER"] = jnp.mean((jax.vmap(model)(x) - y) ** 2)
-        out["GE"] = jnp.mean((jax.vmap(model)(x_test) - y_test) ** 2)
-        out["stiffness"] = jnp.mean(jnp.sum(spectral_radius_gelfand(J_stiff), -1))
-        out["l2_norm"] = l2_norm(model)
-        return out, J
-
     num = jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_array))[0].shape[0]
     results = []
     for i in range(num):
-        out, J = one(trial_model(models, i))
+        out, J = _final_one(trial_model(models, i), x, y, x_test, y_test, stiffness_samples,
+                            proxy_samples)
         out = {k: float(v) for k, v in out.items()}
-        # Eigenvalue ratios: median over samples and layers (eig runs on the CPU only).
-        Jn = np.asarray(J, np.float64)
-        lam = np.linalg.eigvals(Jn)
+        lam = np.linalg.eigvals(np.asarray(J, np.float64))
         re, mod = np.abs(lam.real), np.abs(lam)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["stiffness_ratio"] = float(np.median(re.max(-1) / re.min(-1)))
