@@ -59,8 +59,7 @@ def test_layer_jacobians_match_autodiff(resnet):
         ref = st.vector_field_jacobian(field, 0.0, hs[n])
         np.testing.assert_allclose(J[n], ref, rtol=1e-12, atol=1e-14)
         v = jnp.arange(1.0, resnet.width + 1)
-        np.testing.assert_allclose(st.vector_field_jvp(field, 0.0, hs[n])(v), ref @ v,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(st.vector_field_jvp(field, 0.0, hs[n])(v), ref @ v, rtol=1e-12)
     batch = jax.vmap(st.layer_jacobians, in_axes=(None, 0))(resnet, jnp.stack([x, -x]))
     assert batch.shape == (2, resnet.depth, resnet.width, resnet.width)
 
@@ -73,8 +72,11 @@ def test_layer_matvec_and_structured_frobenius(resnet):
     v = jax.random.normal(jax.random.key(4), (4, resnet.depth, 3, resnet.width))
     ref = np.einsum("bnij,bnkj->bnki", J, v)
     np.testing.assert_allclose(st.layer_matvec(s, resnet.weights, v), ref, rtol=1e-12)
-    np.testing.assert_allclose(st.layer_frobenius(s, resnet.weights),
-                               np.linalg.norm(np.asarray(J), axis=(-2, -1)), rtol=1e-12)
+    np.testing.assert_allclose(
+        st.layer_frobenius(s, resnet.weights),
+        np.linalg.norm(np.asarray(J), axis=(-2, -1)),
+        rtol=1e-12,
+    )
     with pytest.raises(ValueError, match="do not match"):
         st.layer_matvec(s, resnet.weights, v[..., :3])
 
@@ -257,8 +259,9 @@ def test_proxy_gradients_match_finite_differences(name, f):
 def test_amortised_gradient_matches_finite_differences(resnet):
     """The gradient of the Ritz estimate at fixed vectors, through slopes and weights."""
     xs = jax.random.normal(jax.random.key(8), (3, 3))
-    Q = st.amortised_power_init(3, resnet.depth, resnet.width, key=jax.random.key(9),
-                                dtype=jnp.float64).vectors
+    Q = st.amortised_power_init(
+        3, resnet.depth, resnet.width, key=jax.random.key(9), dtype=jnp.float64
+    ).vectors
 
     def f(W):
         model = sn.ResNet.from_layers(resnet.input, W, resnet.biases, resnet.output)

@@ -25,7 +25,16 @@ PERTURBED_RATES: tuple[int, ...] = tuple(range(15))
 """Indices (0-based) of the perturbed rate constants: `k_1 .. k_15`."""
 
 OUTPUT_SPECIES: tuple[str, ...] = (
-    "NO2", "NO", "O3", "HCHO", "CO", "ALD", "CO2", "PAN", "HNO3", "SO4",
+    "NO2",
+    "NO",
+    "O3",
+    "HCHO",
+    "CO",
+    "ALD",
+    "CO2",
+    "PAN",
+    "HNO3",
+    "SO4",
 )
 """The 10 output species (those whose final concentration is above 1e-4 ppm and changes)."""
 
@@ -38,7 +47,10 @@ def default_cache_dir() -> Path:
 
 
 def pollu_final_state(
-    log2_factors: Float[Array, "n 15"], *, solver: str = "kvaerno5", batch: int = 256,
+    log2_factors: Float[Array, "n 15"],
+    *,
+    solver: str = "kvaerno5",
+    batch: int = 256,
     progress: bool = False,
 ) -> Float[Array, "n 20"]:
     """POLLU's 20 concentrations at `t1 = 60` with `k_j -> k_j 2^{u_j}` for the perturbed j.
@@ -65,8 +77,16 @@ def pollu_final_state(
         def solve_batch(ub):
             def one(ui):
                 k = base.at[idx].multiply(2.0**ui)
-                sol = solve(problem.vector_field, y0, problem.t0, problem.t1, solver=solver,
-                            args=k, rtol=RTOL, atol=ATOL)
+                sol = solve(
+                    problem.vector_field,
+                    y0,
+                    problem.t0,
+                    problem.t1,
+                    solver=solver,
+                    args=k,
+                    rtol=RTOL,
+                    atol=ATOL,
+                )
                 return sol.ys[-1]
 
             return jax.vmap(one)(ub)

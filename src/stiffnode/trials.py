@@ -97,14 +97,23 @@ class TrainConfig:
     proxy_samples: int = 16
 
     def __post_init__(self):
-        for name in ("width", "depth", "epochs", "batch_size", "power_iters", "eval_every",
-                     "proxy_samples", "plateau_patience"):
+        for name in (
+            "width",
+            "depth",
+            "epochs",
+            "batch_size",
+            "power_iters",
+            "eval_every",
+            "proxy_samples",
+            "plateau_patience",
+        ):
             positive_int(name, getattr(self, name))
         if self.num_batches is not None:
             positive_int("num_batches", self.num_batches)
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; use one of "
-                             f"{', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {self.activation!r}; use one of {', '.join(ACTIVATIONS)}"
+            )
         if self.penalty not in PENALTIES:
             raise ValueError(f"unknown penalty {self.penalty!r}; use one of {', '.join(PENALTIES)}")
         if not (self.lam >= 0 and np.isfinite(self.lam)):
@@ -144,8 +153,11 @@ def _optimizer(config: TrainConfig, num_batches: int):
     return optax.chain(
         optax.adam(config.learning_rate),
         optax.contrib.reduce_on_plateau(
-            factor=config.plateau_factor, patience=config.plateau_patience,
-            rtol=config.plateau_rtol, atol=0.0, accumulation_size=num_batches,
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            rtol=config.plateau_rtol,
+            atol=0.0,
+            accumulation_size=num_batches,
         ),
     )
 
@@ -157,15 +169,24 @@ def _num_batches(config: TrainConfig, n_train: int) -> int:
 
 
 def _make_model(config: TrainConfig, in_size, out_size, key, dtype):
-    return ResNet(in_size, out_size, config.width, config.depth, key=key,
-                  activation=ACTIVATIONS[config.activation], T=config.T, dtype=dtype)
+    return ResNet(
+        in_size,
+        out_size,
+        config.width,
+        config.depth,
+        key=key,
+        activation=ACTIVATIONS[config.activation],
+        T=config.T,
+        dtype=dtype,
+    )
 
 
 def _init_one(config, in_size, out_size, n_train, dtype, seed):
     key = jax.random.PRNGKey(seed)
     k_model, k_vec, k_train = jax.random.split(key, 3)
-    params, static = eqx.partition(_make_model(config, in_size, out_size, k_model, dtype),
-                                   eqx.is_inexact_array)
+    params, static = eqx.partition(
+        _make_model(config, in_size, out_size, k_model, dtype), eqx.is_inexact_array
+    )
     opt_state = _optimizer(config, _num_batches(config, n_train)).init(params)
     shape = (n_train, config.depth, config.width) if config.penalty == "amortised" else (1, 1, 1)
     vectors = amortised_power_init(*shape, key=k_vec, dtype=dtype).vectors
@@ -224,7 +245,8 @@ def _build(config: TrainConfig, static, n_train: int):
         # The power vectors are gathered and scattered once per epoch, not per step.
         qs = state.vectors[batches] if amortised else None
         (params, opt_state, _, _), (losses, qs) = jax.lax.scan(
-            step, (state.params, state.opt_state, x, y), (batches, qs))
+            step, (state.params, state.opt_state, x, y), (batches, qs)
+        )
         vectors = state.vectors
         if amortised:
             vectors = vectors.at[batches.reshape(-1)].set(qs.reshape(-1, *qs.shape[2:]))
@@ -282,8 +304,9 @@ def final_metrics(
     num = jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_array))[0].shape[0]
     results = []
     for i in range(num):
-        out, J = _final_one(trial_model(models, i), x, y, x_test, y_test, stiffness_samples,
-                            proxy_samples)
+        out, J = _final_one(
+            trial_model(models, i), x, y, x_test, y_test, stiffness_samples, proxy_samples
+        )
         out = {k: float(v) for k, v in out.items()}
         lam = np.linalg.eigvals(np.asarray(J, np.float64))
         re, mod = np.abs(lam.real), np.abs(lam)
@@ -353,8 +376,9 @@ def train_trials(
     n_train = x.shape[0]
     _num_batches(config, n_train)
 
-    states, statics = zip(*(_init_one(config, x.shape[1], y.shape[1], n_train, dtype, s)
-                            for s in seeds), strict=True)
+    states, statics = zip(
+        *(_init_one(config, x.shape[1], y.shape[1], n_train, dtype, s) for s in seeds), strict=True
+    )
     static = statics[0]
     state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
     history: dict[str, list] = {}
@@ -379,8 +403,11 @@ def train_trials(
             done += config.eval_every
             if bar is not None:
                 bar.update(config.eval_every)
-                bar.set_postfix(ER=f"{np.median(history['ER'][-1]):.3g}",
-                                GE=f"{np.median(history['GE'][-1]):.3g}", refresh=False)
+                bar.set_postfix(
+                    ER=f"{np.median(history['ER'][-1]):.3g}",
+                    GE=f"{np.median(history['GE'][-1]):.3g}",
+                    refresh=False,
+                )
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
                 _save_checkpoint(checkpoint, state, _stack(history), done)
                 last_save = time.perf_counter()
@@ -394,9 +421,13 @@ def train_trials(
     models = eqx.combine(state.params, static)
     hist = _stack(history)
     epochs = np.arange(1, n_chunks + 1) * config.eval_every
-    return TrialsResult(models, hist, epochs, final_metrics(models, (x, y, x_test, y_test),
-                                                            proxy_samples=config.proxy_samples),
-                        wall)
+    return TrialsResult(
+        models,
+        hist,
+        epochs,
+        final_metrics(models, (x, y, x_test, y_test), proxy_samples=config.proxy_samples),
+        wall,
+    )
 
 
 def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
@@ -410,8 +441,9 @@ def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = _optimizer(config, _num_batches(config, n_train))
     shape = (n_train, config.depth, config.width) if config.penalty == "amortised" else (1, 1, 1)
-    vectors = amortised_power_init(*shape, key=jax.random.PRNGKey(1),
-                                   dtype=model.weights.dtype).vectors
+    vectors = amortised_power_init(
+        *shape, key=jax.random.PRNGKey(1), dtype=model.weights.dtype
+    ).vectors
 
     def loss_fn(params, xb, yb, qb):
         pred, p, q = sample_penalties(config, eqx.combine(params, static), xb, qb)
@@ -427,5 +459,3 @@ def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
         return optax.apply_updates(params, updates), opt_state, vectors
 
     return step, (params, optimizer.init(params), vectors)
-
-

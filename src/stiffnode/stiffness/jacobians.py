@@ -22,8 +22,7 @@ def _check_sample(resnet: ResNet, x) -> Array:
     in_size = resnet.input.in_features
     if x.shape != (in_size,):
         raise ValueError(
-            f"x must be one sample of shape ({in_size},), got shape {x.shape}; vmap over a "
-            "batch"
+            f"x must be one sample of shape ({in_size},), got shape {x.shape}; vmap over a batch"
         )
     return x
 
@@ -49,8 +48,7 @@ def forward_with_slopes(
         value, slope = activation_slopes(resnet.activation, W @ h + b)
         return h + dt * value, slope
 
-    h, slopes = jax.lax.scan(layer, resnet.input(x), (resnet.weights, resnet.biases),
-                             unroll=True)
+    h, slopes = jax.lax.scan(layer, resnet.input(x), (resnet.weights, resnet.biases), unroll=True)
     return resnet.output(h), slopes
 
 
@@ -82,8 +80,9 @@ def layer_matvec(
     wb = weights.ndim - 2
     extra = v.ndim - 2 - wb
     if extra < 0 or v.shape[extra:-2] != weights.shape[:-2] or v.shape[-1] != weights.shape[-1]:
-        raise ValueError(f"vectors of shape {v.shape} do not match weights of shape "
-                         f"{weights.shape}")
+        raise ValueError(
+            f"vectors of shape {v.shape} do not match weights of shape {weights.shape}"
+        )
     Wt = jnp.swapaxes(weights, -1, -2)
     if extra == 0:
         Wv = v @ Wt

@@ -19,8 +19,9 @@ def check_square_stack(J, name: str = "J") -> Array:
     """`J` as an array of shape `(..., n, n)`; clear errors for other shapes or NaN/inf."""
     J = jnp.asarray(J)
     if J.ndim < 2 or J.shape[-1] != J.shape[-2] or J.shape[-1] == 0:
-        raise ValueError(f"{name} must be a stack of square matrices (..., n, n), got shape "
-                         f"{J.shape}")
+        raise ValueError(
+            f"{name} must be a stack of square matrices (..., n, n), got shape {J.shape}"
+        )
     if not jnp.issubdtype(J.dtype, jnp.floating):
         raise TypeError(f"{name} must be real floating point, got dtype {J.dtype}")
     if not isinstance(J, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(J))):

@@ -28,19 +28,31 @@ MODELS: dict[str, tuple[str, float]] = {
 """Model name -> (penalty, lambda), as in the seed (RES stiff: spectral radius, 1e-3)."""
 
 TASKS: dict[str, dict[str, Any]] = {
-    "alpine02": dict(width=20, depth=10, batch_size=45, num_batches=20, epochs=10_000,
-                     trials=25, eval_every=50),
-    "pollu": dict(width=50, depth=16, batch_size=20, num_batches=100, epochs=1_000,
-                  trials=25, eval_every=10),
+    "alpine02": dict(
+        width=20, depth=10, batch_size=45, num_batches=20, epochs=10_000, trials=25, eval_every=50
+    ),
+    "pollu": dict(
+        width=50, depth=16, batch_size=20, num_batches=100, epochs=1_000, trials=25, eval_every=10
+    ),
 }
 """The seed's settings per task (tanh, T = 1, Adam 1e-3 with reduce-on-plateau)."""
 
 SEED_TABLE = {  # The seed's climate case, medians over 25 trials.
     "RES": {"penalty": 0.0, "ER": 5.4e-3, "GE": 3.9e-2, "stiffness": 3.52, "wall_time_s": 17903},
-    "RES L2": {"penalty": 25.76, "ER": 1.2e-2, "GE": 3.7e-2, "stiffness": 2.61,
-               "wall_time_s": 23547},
-    "RES stiff": {"penalty": 0.05, "ER": 1.2e-2, "GE": 3.8e-2, "stiffness": 0.05,
-                  "wall_time_s": 1848662},
+    "RES L2": {
+        "penalty": 25.76,
+        "ER": 1.2e-2,
+        "GE": 3.7e-2,
+        "stiffness": 2.61,
+        "wall_time_s": 23547,
+    },
+    "RES stiff": {
+        "penalty": 0.05,
+        "ER": 1.2e-2,
+        "GE": 3.8e-2,
+        "stiffness": 0.05,
+        "wall_time_s": 1848662,
+    },
 }
 
 
@@ -65,8 +77,15 @@ def _write_trial(path: Path, seed, result, i, group_size):
     arrays = {f"history_{k}": v[i] for k, v in result.history.items()}
     arrays |= {f"final_{k}": np.asarray(v[i]) for k, v in result.final.items()}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, seed=seed, epochs=result.epochs, wall_time_s=result.wall_time_s / group_size,
-             group_wall_time_s=result.wall_time_s, group_size=group_size, **arrays)
+    np.savez(
+        tmp,
+        seed=seed,
+        epochs=result.epochs,
+        wall_time_s=result.wall_time_s / group_size,
+        group_wall_time_s=result.wall_time_s,
+        group_size=group_size,
+        **arrays,
+    )
     os.replace(tmp, path)
 
 
@@ -103,8 +122,9 @@ def run_study(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if stiff_penalty not in PENALTIES:
-        raise ValueError(f"unknown stiffness penalty {stiff_penalty!r}; use one of "
-                         f"{', '.join(PENALTIES)}")
+        raise ValueError(
+            f"unknown stiffness penalty {stiff_penalty!r}; use one of {', '.join(PENALTIES)}"
+        )
     for m in models:
         if m not in MODELS:
             raise ValueError(f"unknown model {m!r}; use some of {', '.join(MODELS)}")
@@ -125,9 +145,14 @@ def run_study(
         if model == "RES stiff":
             penalty = stiff_penalty
         config = TrainConfig(
-            width=settings["width"], depth=settings["depth"], epochs=epochs,
-            batch_size=settings["batch_size"], num_batches=settings["num_batches"],
-            penalty=penalty, lam=lam, eval_every=eval_every,
+            width=settings["width"],
+            depth=settings["depth"],
+            epochs=epochs,
+            batch_size=settings["batch_size"],
+            num_batches=settings["num_batches"],
+            penalty=penalty,
+            lam=lam,
+            eval_every=eval_every,
         )
         trial_dir = out / "trials" / _slug(model)
         trial_dir.mkdir(parents=True, exist_ok=True)
@@ -137,8 +162,14 @@ def run_study(
             group = pending[start : start + group_size]
             ckpt = out / "checkpoints" / f"{_slug(model)}_{group[0]}-{group[-1]}_{epochs}.npz"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            result = train_trials(config, data, group, progress=progress, checkpoint=ckpt,
-                                  description=f"{task} {model} ({len(group)} trials)")
+            result = train_trials(
+                config,
+                data,
+                group,
+                progress=progress,
+                checkpoint=ckpt,
+                description=f"{task} {model} ({len(group)} trials)",
+            )
             for i, s in enumerate(group):
                 _write_trial(path[s], s, result, i, len(group))
             ckpt.unlink(missing_ok=True)
@@ -153,30 +184,47 @@ def run_study(
 
 
 def _summarise(results, task, trials, epochs, stiff_penalty):
-    summary, details = {}, {"task": task, "trials": trials, "epochs": epochs,
-                            "stiff_penalty": stiff_penalty, "settings": TASKS[task],
-                            "models": {}}
+    summary, details = (
+        {},
+        {
+            "task": task,
+            "trials": trials,
+            "epochs": epochs,
+            "stiff_penalty": stiff_penalty,
+            "settings": TASKS[task],
+            "models": {},
+        },
+    )
     for model, rs in results.items():
-        row = {k: float(np.median([float(r[f"final_{k}"]) for r in rs]))
-               for k in ("ER", "GE", "stiffness")}
+        row = {
+            k: float(np.median([float(r[f"final_{k}"]) for r in rs]))
+            for k in ("ER", "GE", "stiffness")
+        }
         row["wall_time_s"] = float(np.median([float(r["wall_time_s"]) for r in rs]))
         summary[model] = row
         keys = [k[6:] for k in rs[0] if k.startswith("final_")]
         with np.errstate(invalid="ignore"):  # eigenvalue ratios may be inf
             details["models"][model] = {
-                k: {"median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
-                    "q75": float(np.quantile(v, 0.75))}
-                for k in keys for v in [np.array([float(r[f"final_{k}"]) for r in rs])]
+                k: {
+                    "median": float(np.median(v)),
+                    "q25": float(np.quantile(v, 0.25)),
+                    "q75": float(np.quantile(v, 0.75)),
+                }
+                for k in keys
+                for v in [np.array([float(r[f"final_{k}"]) for r in rs])]
             }
         details["models"][model]["group_wall_time_s"] = sorted(
-            {float(r["group_wall_time_s"]) for r in rs})
+            {float(r["group_wall_time_s"]) for r in rs}
+        )
     return summary, details
 
 
 def _write_csv(out: Path, results, summary):
     lines = ["model,ER,GE,stiffness,wall_time_s"]
-    lines += [f"{m},{r['ER']:.6g},{r['GE']:.6g},{r['stiffness']:.6g},{r['wall_time_s']:.6g}"
-              for m, r in summary.items()]
+    lines += [
+        f"{m},{r['ER']:.6g},{r['GE']:.6g},{r['stiffness']:.6g},{r['wall_time_s']:.6g}"
+        for m, r in summary.items()
+    ]
     (out / "summary.csv").write_text("\n".join(lines) + "\n")
     keys = sorted(k[6:] for k in next(iter(results.values()))[0] if k.startswith("final_"))
     rows = ["model,seed," + ",".join(keys) + ",wall_time_s"]
@@ -193,9 +241,12 @@ def _plot(path: Path, results, task):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("ER", "training error (MSE)", True), ("GE", "test error (MSE)", True),
-              ("gelfand", "stiffness: sum over layers of rho (Gelfand)", False),
-              ("l2_norm", "parameter L2 norm", False)]
+    panels = [
+        ("ER", "training error (MSE)", True),
+        ("GE", "test error (MSE)", True),
+        ("gelfand", "stiffness: sum over layers of rho (Gelfand)", False),
+        ("l2_norm", "parameter L2 norm", False),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     for ax, (key, title, log) in zip(axes.flat, panels, strict=True):
         for model, rs in results.items():
