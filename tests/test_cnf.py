@@ -14,6 +14,7 @@ from stiffnode import cnf, toy_densities
 jax.config.update("jax_enable_x64", True)
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
+FIXED = dict(solver="heun", dt0=0.25, stepsize_controller="constant", max_steps=4)
 
 
 class Affine(eqx.Module):
@@ -48,13 +49,14 @@ def _affine_log_prob(A, b, T, x):
 
 def test_affine_flow_log_density_is_the_change_of_variables_with_expm():
     A, b = _affine_problem()
-    field = Affine(jnp.asarray(A), jnp.asarray(b))
+    flow = cnf.CNF(Affine(jnp.asarray(A), jnp.asarray(b)), T=1.5)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)))
-    want = _affine_log_prob(A, b, 1.5, x)
-    got = cnf.CNF(field, T=1.5).log_prob(x, **TIGHT)
-    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
-    # One sample in, one number out.
-    np.testing.assert_allclose(cnf.CNF(field, T=1.5).log_prob(x[0], **TIGHT), want[0], rtol=1e-8)
+    np.testing.assert_allclose(
+        flow.log_prob(x, **TIGHT), _affine_log_prob(A, b, 1.5, x), rtol=1e-8, atol=1e-8
+    )
+    # Samples come with their log-densities, forwards in time: the same closed form.
+    samples, log_p = flow.sample(jax.random.key(0), 5, dim=3, dtype=jnp.float64, **TIGHT)
+    np.testing.assert_allclose(log_p, _affine_log_prob(A, b, 1.5, samples), rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", cnf.PROBES)
@@ -76,14 +78,14 @@ def test_hutchinson_probe_is_fixed_along_one_solve(kind):
 def test_hutchinson_agrees_with_exact_trace_in_expectation(kind):
     field = sn.MLPVectorField(2, 16, 2, key=jax.random.key(0), dtype=jnp.float64)
     x = jnp.array([0.3, -0.7])
-    exact = cnf.CNF(field).log_prob(x, rtol=1e-9, atol=1e-9)
-    n = 2000  # the same point n times: one solve, n independent probes
+    exact = cnf.CNF(field).log_prob(x, rtol=1e-7, atol=1e-7)
+    n = 1000  # the same point n times: one solve, n independent probes
     estimates = cnf.CNF(field, trace="hutchinson", probe=kind).log_prob(
-        jnp.broadcast_to(x, (n, 2)), key=jax.random.key(1), rtol=1e-9, atol=1e-9
+        jnp.broadcast_to(x, (n, 2)), key=jax.random.key(1), rtol=1e-7, atol=1e-7
     )
     mean, sem = float(jnp.mean(estimates)), float(jnp.std(estimates) / np.sqrt(n))
     assert sem > 0  # the estimator is noisy for a nonlinear field...
-    assert abs(mean - float(exact)) < 4.5 * sem + 1e-6  # ...and unbiased
+    assert abs(mean - float(exact)) < 4.5 * sem + 1e-5  # ...and unbiased (solve error 1e-7)
 
 
 def test_exact_trace_and_hutchinson_trace_primitives():
@@ -98,14 +100,6 @@ def test_exact_trace_and_hutchinson_trace_primitives():
     np.testing.assert_allclose(est, eps @ J @ eps, rtol=1e-12)
 
 
-def test_samples_carry_their_log_density():
-    field = sn.MLPVectorField(2, 8, 1, key=jax.random.key(3), dtype=jnp.float64)
-    flow = cnf.CNF(field)
-    x, log_p = flow.sample(jax.random.key(0), 6, dtype=jnp.float64, **TIGHT)
-    assert x.shape == (6, 2)
-    np.testing.assert_allclose(flow.log_prob(x, **TIGHT), log_p, rtol=1e-7, atol=1e-7)
-
-
 def test_maximum_likelihood_training_beats_the_base_density():
     field = sn.MLPVectorField(2, 32, 2, key=jax.random.key(0), dtype=jnp.float32)
     flow = cnf.CNF(field, trace="hutchinson", probe="rademacher")
@@ -114,24 +108,23 @@ def test_maximum_likelihood_training_beats_the_base_density():
     trained, losses = cnf.fit(
         flow,
         toy_densities.eight_gaussians,
-        steps=40,
+        steps=30,
         batch_size=128,
         key=jax.random.key(1),
         optimizer=optax.adam(1e-2),
-        rtol=1e-3,
-        atol=1e-3,
+        **FIXED,
     )
-    assert losses.shape == (40,) and np.all(np.isfinite(losses))
+    assert losses.shape == (30,) and np.all(np.isfinite(losses))
     exact = cnf.CNF(trained.vector_field)
-    test_nll = float(cnf.nll(exact, test, rtol=1e-5, atol=1e-5))
+    test_nll = float(cnf.nll(exact, test, **FIXED))
     assert test_nll < base_nll - 1.0, (test_nll, base_nll)
 
 
 def test_toy_densities_have_their_shapes():
     key = jax.random.key(0)
     for name in toy_densities.TOY_DENSITIES:
-        x = toy_densities.sample(name, key, 4000)
-        assert x.shape == (4000, 2) and bool(jnp.all(jnp.isfinite(x)))
+        x = toy_densities.sample(name, key, 2000)
+        assert x.shape == (2000, 2) and bool(jnp.all(jnp.isfinite(x)))
     g = toy_densities.eight_gaussians(key, 4000)
     np.testing.assert_allclose(jnp.mean(jnp.linalg.norm(g, axis=1)), 2 * np.sqrt(2), rtol=0.05)
     c = np.asarray(toy_densities.checkerboard(key, 4000))
