@@ -10,6 +10,7 @@ shuffles, power vectors); all of them run in one `jit(vmap(...))`.
 """
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -215,8 +216,10 @@ def _eval_proxies(model: ResNet, x, dense: bool = True):
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def _build(config: TrainConfig, static, n_train: int):
-    """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation."""
+    """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation (one per config,
+    model structure and training-set size, so repeated calls reuse the compilation)."""
     num_batches = _num_batches(config, n_train)
     optimizer = _optimizer(config, num_batches)
     total = num_batches * config.batch_size

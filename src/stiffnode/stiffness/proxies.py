@@ -133,8 +133,9 @@ def spectral_radius_power(
     n = J.shape[-1]
     Q = jnp.broadcast_to(start_vectors(n, J.dtype, key), (*J.shape[:-2], 2, n))
     Jt = jnp.swapaxes(J, -1, -2)
-    for _ in range(iters - 1):
-        Q = orthonormalise_pair(Q @ Jt)
+    # fori_loop with static bounds lowers to a scan: reverse-mode differentiable, and the
+    # program does not grow with iters.
+    Q = jax.lax.fori_loop(0, iters - 1, lambda _, Q: orthonormalise_pair(Q @ Jt), Q)
     return ritz_radius(Q, Q @ Jt)
 
 

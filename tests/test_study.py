@@ -1,0 +1,184 @@
+"""Losses, vmapped trials, penalised training, resume, the POLLU ensemble and `stiffnode study`."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import json  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from stiffnode import trials as tr  # noqa: E402
+from stiffnode.cli import main  # noqa: E402
+from stiffnode.data import alpine02_dataset  # noqa: E402
+from stiffnode.losses import l2_norm, mse, penalised_loss, rmse  # noqa: E402
+from stiffnode.studies import seed_resnet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    return alpine02_dataset(seed=3, dim=2, n_train=40, n_test=10, dtype=jnp.float64)
+
+
+def _config(**kw):
+    base = dict(width=5, depth=2, epochs=4, batch_size=10, eval_every=2, proxy_samples=4)
+    return tr.TrainConfig(**(base | kw))
+
+
+def test_losses_against_numpy():
+    rng = np.random.default_rng(0)
+    pred, y, p = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)), rng.normal(size=6)
+    sq = np.sum((pred - y) ** 2, axis=1)
+    assert float(mse(pred, y)) == pytest.approx(np.mean((pred - y) ** 2))
+    assert float(rmse(pred, y)) == pytest.approx(np.sqrt(np.mean((pred - y) ** 2)))
+    assert float(penalised_loss(pred, y, p, 0.0)) == pytest.approx(np.sqrt(np.mean(sq)))
+    expected = np.sqrt(np.mean(sq + 0.3 * p**2))
+    assert float(penalised_loss(pred, y, p, 0.3)) == pytest.approx(expected)
+    params = {"a": jnp.ones((2, 2)), "b": jnp.full(3, 2.0), "n": "static"}
+    assert float(l2_norm(params)) == pytest.approx(np.sqrt(4 + 12))
+    with pytest.raises(ValueError, match="differ in shape"):
+        penalised_loss(pred, y[:, :2], p, 1.0)
+
+
+def test_config_errors(data):
+    with pytest.raises(ValueError, match="unknown penalty 'gelfond'"):
+        _config(penalty="gelfond")
+    with pytest.raises(ValueError, match="eval_every=3 must divide epochs=4"):
+        _config(eval_every=3)
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        _config(width=0)
+    with pytest.raises(ValueError, match="exceeds the 40 training samples"):
+        tr.train_trials(_config(batch_size=50), data, [0])
+    bad = data._replace(x_train=data.x_train.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        tr.train_trials(_config(), bad, [0])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        tr.train_trials(_config(), data, [])
+
+
+def test_vmapped_trials_equal_trials_one_by_one(data):
+    config = _config(penalty="amortised", lam=1e-2)
+    together = tr.train_trials(config, data, [0, 1], dtype=jnp.float64)
+    for i, seed in enumerate([0, 1]):
+        alone = tr.train_trials(config, data, [seed], dtype=jnp.float64)
+        for k, v in alone.history.items():
+            np.testing.assert_allclose(together.history[k][i], v[0], rtol=1e-9, err_msg=k)
+        np.testing.assert_allclose(
+            tr.trial_model(together.models, i).weights,
+            tr.trial_model(alone.models, 0).weights,
+            rtol=1e-9,
+        )
+    assert together.history["ER"].shape == (2, 2)
+    np.testing.assert_array_equal(together.epochs, [2, 4])
+
+
+@pytest.mark.parametrize("penalty", ["gelfand", "amortised", "frobenius"])
+def test_penalty_reduces_its_proxy(data, penalty):
+    """Same seeds: the stiffness-penalised models end with a smaller Gelfand radius sum."""
+    kw = dict(epochs=20, eval_every=20, proxy_samples=40, learning_rate=1e-2)
+    plain = tr.train_trials(_config(**kw), data, [0, 1], dtype=jnp.float64)
+    stiff = tr.train_trials(
+        _config(penalty=penalty, lam=1.0, **kw), data, [0, 1], dtype=jnp.float64
+    )
+    key = "frobenius" if penalty == "frobenius" else "gelfand"
+    assert np.all(stiff.history[key][:, -1] < 0.8 * plain.history[key][:, -1])
+    assert np.all(stiff.final["stiffness"] < plain.final["stiffness"])
+
+
+def test_training_resumes_from_checkpoint(data, tmp_path, monkeypatch):
+    config = _config(epochs=6, eval_every=1, penalty="amortised", lam=1e-2)
+    reference = tr.train_trials(config, data, [0, 1], dtype=jnp.float64)
+    build = tr._build
+
+    def interrupted_build(*args):
+        run = build(*args)
+        calls = []
+
+        def chunk(*a):
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # killed after 3 of 6 epochs
+            calls.append(1)
+            return run(*a)
+
+        return chunk
+
+    ckpt = tmp_path / "ckpt.npz"
+    monkeypatch.setattr(tr, "_build", interrupted_build)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_trials(
+            config, data, [0, 1], dtype=jnp.float64, checkpoint=ckpt, checkpoint_every_s=0.0
+        )
+    assert ckpt.exists()
+    monkeypatch.setattr(tr, "_build", build)
+    resumed = tr.train_trials(config, data, [0, 1], dtype=jnp.float64, checkpoint=ckpt)
+    for k, v in reference.history.items():
+        np.testing.assert_allclose(resumed.history[k], v, rtol=1e-9, err_msg=k)
+
+
+def test_pollu_ensemble_members_against_scipy(tmp_path):
+    """Two ensemble members solved by stiffnode (Kvaerno5) against scipy's Radau."""
+    from scipy.integrate import solve_ivp
+
+    from stiffnode.ensembles import PERTURBED_RATES, pollu_final_state
+    from stiffnode.problems import pollu
+
+    u = np.array([np.linspace(-1, 1, 15), -(np.linspace(-1, 1, 15) ** 2)])
+    ours = pollu_final_state(u, batch=2)
+    for ui, yi in zip(u, ours, strict=True):
+        k = pollu().args.copy()
+        k[list(PERTURBED_RATES)] *= 2.0**ui
+        p = pollu(k)
+        ref = solve_ivp(
+            p.numpy_rhs,
+            (p.t0, p.t1),
+            p.y0,
+            method="Radau",
+            rtol=1e-10,
+            atol=1e-14,
+            jac=p.numpy_jac,
+            args=(p.args,),
+        ).y[:, -1]
+        np.testing.assert_allclose(yi, ref, rtol=1e-4, atol=1e-10)
+    with pytest.raises(ValueError, match="shape"):
+        pollu_final_state(u[:, :3])
+
+
+def test_study_cli_writes_summary_and_never_recomputes(tmp_path, monkeypatch):
+    small = seed_resnet.TASKS["alpine02"] | dict(width=4, depth=2, num_batches=2)
+    monkeypatch.setitem(seed_resnet.TASKS, "alpine02", small)
+    out = tmp_path / "study"
+    args = dict(out=out, trials=2, epochs=2, progress=False)
+    first = seed_resnet.run_study("alpine02", models=("RES",), **args)  # "killed" after RES
+    files = sorted((out / "trials" / "res").glob("*.npz"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert (
+        main(
+            [
+                "study",
+                "--task",
+                "alpine02",
+                "--trials",
+                "2",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # RES trials not recomputed
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["RES", "RES L2", "RES stiff"]
+    for row in summary.values():
+        assert set(row) == {"ER", "GE", "stiffness", "wall_time_s"}
+        assert all(np.isfinite(v) for v in row.values())
+    assert summary["RES"] == first["RES"]
+    for name in ("summary.csv", "trials.csv", "evolution.png", "details.json"):
+        assert (out / name).exists()
+    with pytest.raises(ValueError, match="unknown task"):
+        seed_resnet.run_study("climate", out=out)
