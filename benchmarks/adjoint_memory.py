@@ -59,8 +59,17 @@ class BatchField(eqx.Module):
 
 def _gradient_fn(adjoint: str, num_steps: int):
     def loss(model, y0):
-        sol = sn.solve(model, y0, 0.0, 1.0, solver="tsit5", dt0=1.0 / num_steps,
-                       stepsize_controller="constant", adjoint=adjoint, max_steps=num_steps)
+        sol = sn.solve(
+            model,
+            y0,
+            0.0,
+            1.0,
+            solver="tsit5",
+            dt0=1.0 / num_steps,
+            stepsize_controller="constant",
+            adjoint=adjoint,
+            max_steps=num_steps,
+        )
         return jnp.sum(sol.ys[-1] ** 2) / y0.shape[0]
 
     return eqx.filter_grad(loss)
@@ -96,7 +105,8 @@ def _measure(adjoint, num_steps, model, y0, repeats=3):
 
 def memory_and_time():
     model = BatchField(
-        sn.MLPVectorField(STATE, WIDTH, DEPTH, key=jax.random.key(0), dtype=jnp.float32))
+        sn.MLPVectorField(STATE, WIDTH, DEPTH, key=jax.random.key(0), dtype=jnp.float32)
+    )
     y0 = jax.random.normal(jax.random.key(1), (BATCH, STATE), jnp.float32)
     rows = {adjoint: [] for adjoint in ADJOINTS}
     for n in NUM_STEPS:
@@ -106,11 +116,12 @@ def memory_and_time():
             print(adjoint, row, flush=True)
     # Gradient agreement at N = 1000 (all three are gradients of nearly the same thing).
     grads = {a: _gradient_fn(a, 1000)(model, y0) for a in ADJOINTS}
-    flat = {a: jax.flatten_util.ravel_pytree(eqx.filter(g, eqx.is_inexact_array))[0]
-            for a, g in grads.items()}
+    flat = {
+        a: jax.flatten_util.ravel_pytree(eqx.filter(g, eqx.is_inexact_array))[0]
+        for a, g in grads.items()
+    }
     ref = flat["recursive"]
-    agreement = {a: float(jnp.linalg.norm(v - ref) / jnp.linalg.norm(ref))
-                 for a, v in flat.items()}
+    agreement = {a: float(jnp.linalg.norm(v - ref) / jnp.linalg.norm(ref)) for a, v in flat.items()}
     return rows, agreement
 
 
@@ -122,8 +133,9 @@ def _stiff_loss_and_grad(lam, adjoint):
         return A @ y
 
     def loss(A):
-        sol = sn.solve(field, y0, 0.0, 1.0, args=A, solver="tsit5", rtol=1e-6, atol=1e-9,
-                       adjoint=adjoint)
+        sol = sn.solve(
+            field, y0, 0.0, 1.0, args=A, solver="tsit5", rtol=1e-6, atol=1e-9, adjoint=adjoint
+        )
         return jnp.sum((sol.ys[-1] - target) ** 2)
 
     def exact(A):
@@ -151,14 +163,19 @@ def plot(rows, errors, path):
         style = dict(color=colors[adjoint], marker="o", label=adjoint)
         axes[0].loglog(n, [r["temp_mib"] for r in series], **style)
         axes[1].loglog(n, [r["time_per_gradient_s"] for r in series], **style)
-    axes[0].set(xlabel="fixed Tsit5 steps N", ylabel="XLA temporaries (MiB)",
-                title="memory of one gradient")
+    axes[0].set(
+        xlabel="fixed Tsit5 steps N", ylabel="XLA temporaries (MiB)", title="memory of one gradient"
+    )
     axes[1].set(xlabel="fixed Tsit5 steps N", ylabel="seconds", title="time per gradient")
     for adjoint in ("recursive", "backsolve"):
-        axes[2].loglog(errors["lambda"], errors[adjoint], "o-", color=colors[adjoint],
-                       label=adjoint)
-    axes[2].set(xlabel="stiffness lambda", ylabel="relative gradient error",
-                title="gradient error vs exact (expm), rtol 1e-6")
+        axes[2].loglog(
+            errors["lambda"], errors[adjoint], "o-", color=colors[adjoint], label=adjoint
+        )
+    axes[2].set(
+        xlabel="stiffness lambda",
+        ylabel="relative gradient error",
+        title="gradient error vs exact (expm), rtol 1e-6",
+    )
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -172,17 +189,26 @@ def main():
     errors = backsolve_error()
     result = {
         "description": "memory (XLA compiled temp size) and time per gradient of a neural "
-                       "ODE loss vs number of fixed Tsit5 steps, per adjoint; backsolve's "
-                       "gradient error on a stiff-ish linear problem",
-        "config": {"state": STATE, "width": WIDTH, "depth": DEPTH, "batch": BATCH,
-                   "dtype": "float32", "solver": "tsit5 fixed steps", "T": 1.0,
-                   "loss": "mean ||y(1)||^2"},
+        "ODE loss vs number of fixed Tsit5 steps, per adjoint; backsolve's "
+        "gradient error on a stiff-ish linear problem",
+        "config": {
+            "state": STATE,
+            "width": WIDTH,
+            "depth": DEPTH,
+            "batch": BATCH,
+            "dtype": "float32",
+            "solver": "tsit5 fixed steps",
+            "T": 1.0,
+            "loss": "mean ||y(1)||^2",
+        },
         "memory_time": rows,
         "relative_gradient_difference_to_recursive_at_N_1000": agreement,
-        "stiff_gradient_error": errors | {
+        "stiff_gradient_error": errors
+        | {
             "problem": "dy/dt = [[-1, 2], [0, -lambda]] y, y0 = (1, 1), loss ||y(1) - "
-                       "(0.5, 0)||^2, gradient w.r.t. A vs autodiff through expm",
-            "solver": "tsit5, PID rtol 1e-6 atol 1e-9, float64"},
+            "(0.5, 0)||^2, gradient w.r.t. A vs autodiff through expm",
+            "solver": "tsit5, PID rtol 1e-6 atol 1e-9, float64",
+        },
         "total_seconds": time.perf_counter() - start,
         "environment": environment(),
     }
@@ -199,7 +225,10 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--plot"]:  # re-draw the PNG from the JSON
         with open(os.path.join(RESULTS, "adjoint_memory.json")) as f:
             saved = json.load(f)
-        plot(saved["memory_time"], saved["stiff_gradient_error"],
-             os.path.join(RESULTS, "adjoint_memory.png"))
+        plot(
+            saved["memory_time"],
+            saved["stiff_gradient_error"],
+            os.path.join(RESULTS, "adjoint_memory.png"),
+        )
     else:
         main()
