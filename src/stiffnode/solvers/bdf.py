@@ -13,7 +13,8 @@ Newton's method solves each step's implicit equation with the iteration matrix
 kept across steps; it is re-evaluated only when Newton fails to converge with a stale one.
 The LU factorisation is redone when `J` is re-evaluated or `c` has drifted by more than 10%
 since the last one (`max_c_change`; CVODE's rule, with its 30% lowered); in between, each
-Newton correction is scaled by `2 / (1 + c / c_LU)`, as CVODE does. With `linear_solver="gmres"` there is no dense matrix at all: each Newton
+Newton correction is scaled by `2 / (1 + c / c_LU)`, as CVODE does.
+With `linear_solver="gmres"` there is no dense matrix at all: each Newton
 correction is a GMRES (lineax) solve with matrix-vector products `v - c J v` by JVPs at the
 last linearisation point (Newton-Krylov), for systems too large for a dense LU.
 
@@ -171,10 +172,11 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             der Pol: 0.1 needs a third of the factorisations of 0 for the same function and
             Jacobian counts; CVODE's 0.3 costs 2.5x the Jacobians here (Newton fails more
             often with older factors, and each retry re-evaluates J).
+        root_find_max_steps: Newton iterations per step attempt (4, as scipy's BDF).
         root_finder: where the Newton tolerances come from: any object with `rtol`, `atol`
             and `norm` (e.g. `diffrax.VeryChord(rtol=..., atol=...)`); by default they are
             taken from the step-size controller. Needed only under fixed steps. BDF runs
-            its own simplified Newton iteration (at most 4 iterations, stopped when the
+            its own simplified Newton iteration (at most `root_find_max_steps`, stopped when the
             contraction rate predicts the error `rate / (1 - rate) ||dy||` falls below
             `max(10 eps / rtol, min(0.03, sqrt(rtol)))` in the tolerance-scaled norm).
     """
@@ -242,7 +244,6 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             )
         flat_y0, unravel = ravel_pytree(y0)
         dtype = flat_y0.dtype
-        n = flat_y0.shape[0]
 
         def fn(t, y):
             return ravel_pytree(terms.vf(t, unravel(y), args))[0]
@@ -322,7 +323,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         y_new = y_predict + d
         scale_new = atol + rtol * jnp.abs(y_new)
-        safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
+        safety = 0.9 * (2 * self.root_find_max_steps + 1) / (2 * self.root_find_max_steps + n_iter)
         error_norm = norm(error_const[order] * d / scale_new)
         error_ok = converged & (error_norm <= 1)
 
@@ -382,7 +383,6 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             order=order.astype(dtype),  # float: diffrax pre-fills dense buffers with inf
         )
         y1 = unravel(y_new)
-        del n
         # Only seen when the step is kept: BDFController rejects and retries a failed step;
         # under fixed steps a Newton failure ends the solve.
         result = diffrax.RESULTS.where(
@@ -474,7 +474,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             rate = dy_norm / norm_old
             first = k == 0
             diverging = ~first & (
-                (rate >= 1) | (rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol)
+                (rate >= 1) | (rate ** (self.root_find_max_steps - k) / (1 - rate) * dy_norm > tol)
             )
             bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
             d = jnp.where(bad, d, d + dy)
@@ -483,7 +483,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         def cond(carry):
             k, _, _, converged, failed = carry
-            return (k < NEWTON_MAXITER) & ~converged & ~failed
+            return (k < self.root_find_max_steps) & ~converged & ~failed
 
         init = (
             jnp.array(0, jnp.int32),
