@@ -49,7 +49,7 @@ def default_cache_dir() -> Path:
 def pollu_final_state(
     log2_factors: Float[Array, "n 15"],
     *,
-    solver: str = "kvaerno5",
+    solver: str = "bdf",
     batch: int = 256,
     progress: bool = False,
 ) -> Float[Array, "n 20"]:
@@ -130,7 +130,7 @@ def pollu_ensemble(
     n_train: int = 1996,
     n_test: int = 500,
     *,
-    solver: str = "kvaerno5",
+    solver: str = "bdf",
     cache_dir: str | os.PathLike | None | bool = None,
     dtype=None,
     progress: bool = False,
