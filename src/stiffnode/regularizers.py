@@ -46,6 +46,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Real, Scalar
 from .cnf import probe as _probe
 from .solve import get_solver, solve
 from .solvers import initial_step_size
+from .solvers.delegating import AbstractDelegatingSolver
 
 __all__ = [
     "PENALTIES",
@@ -114,7 +115,7 @@ def _shampine_weights(tableau: diffrax.ButcherTableau) -> np.ndarray | None:
     return np.append(w, 0.0)  # no weight on the FSAL stage k7 = h f(t1, y1)
 
 
-class SolverHeuristics(diffrax.AbstractWrappedSolver):
+class SolverHeuristics(AbstractDelegatingSolver):
     """An explicit Runge-Kutta solver that also sums its own step heuristics into the state.
 
     The state is `(y, r)` with `r` a dict of scalars; the wrapped solver steps it as usual
@@ -147,34 +148,6 @@ class SolverHeuristics(diffrax.AbstractWrappedSolver):
                 "the stiffness estimate needs an FSAL method whose last two stages are at "
                 f"the step's end (tsit5, dopri5), got {type(self.solver).__name__}"
             )
-
-    @property
-    def tableau(self):
-        return self.solver.tableau
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):
-        return self.solver.interpolation_cls
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, y_error, dense_info, solver_state, result = self.solver.step(

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
+from .delegating import AbstractDelegatingSolver
+
 
 class _ClampedTimeTerm(diffrax.AbstractTerm):
     """`term` with the time of its vector field clamped to at most `t_max`."""
@@ -36,7 +38,7 @@ def _clamp_terms(terms, t_max):
     return jtu.tree_map(lambda term: _ClampedTimeTerm(term, t_max), terms, is_leaf=is_leaf)
 
 
-class JumpAwareSolver(diffrax.AbstractWrappedSolver):
+class JumpAwareSolver(AbstractDelegatingSolver):
     """`solver`, with every stage time of a step from `t0` kept below the next jump after `t0`.
 
     Some methods evaluate stages past the step's end: Kvaerno4 at `t0 + 1.146 h`, Kvaerno5 at
@@ -54,42 +56,6 @@ class JumpAwareSolver(diffrax.AbstractWrappedSolver):
     def __check_init__(self):
         if isinstance(self.solver, diffrax.AbstractWrappedSolver):
             raise TypeError("JumpAwareSolver wraps an unwrapped diffrax solver")
-
-    # Delegation: diffrax reads these off implicit solvers (root-finder tolerances).
-    @property
-    def root_finder(self):
-        return self.solver.root_finder
-
-    @property
-    def root_find_max_steps(self):
-        return self.solver.root_find_max_steps
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):
-        return self.solver.interpolation_cls
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def strong_order(self, terms):
-        return self.solver.strong_order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         jump_ts = self.jump_ts.astype(jnp.result_type(t0))
