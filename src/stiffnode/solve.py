@@ -335,6 +335,8 @@ def solve(
         max_steps: step budget (accepted plus rejected); exhausting it is an error.
         stepsize_controller: `"pid"` (default when the solver has an error estimate),
             `"constant"` (fixed steps of `dt0`; default otherwise), or a diffrax controller.
+            BDF/NDF choose their own steps and orders: for them the default (None) is
+            `solvers.BDFController(rtol, atol)`, and `"pid"` is an error.
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
             memory, gradient of the continuous problem up to the backward solve's error),
