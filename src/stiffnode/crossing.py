@@ -18,9 +18,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
-from ._validation import positive_int
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE
-from .train import mse
+from .train import fit_full_batch, mse
 
 __all__ = [
     "MONOTONE_LOSS_BOUND",
@@ -75,29 +74,14 @@ def fit_crossing(
     Returns the trained model and the loss before each step (`steps` values), all steps in
     one compiled `lax.scan`.
     """
-    steps = positive_int("steps", steps)
     options = dict(SOLVE_OPTIONS if solve_options is None else solve_options)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    x, y = crossing_data(jax.tree_util.tree_leaves(params)[0].dtype)
-    optimizer = optax.adam(learning_rate)
+    dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+    x, y = crossing_data(dtype)
 
-    def loss(p):
-        m = eqx.combine(p, static)
+    def loss(m):
         return mse(lambda xi: m(xi, **options), x, y)
 
-    @jax.jit
-    def run(params):
-        def step(carry, _):
-            p, state = carry
-            value, grads = jax.value_and_grad(loss)(p)
-            updates, state = optimizer.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), value
-
-        (p, _), values = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
-        return p, values
-
-    params, values = run(params)
-    return eqx.combine(params, static), np.asarray(values)
+    return fit_full_batch(model, loss, optax.adam(learning_rate), steps)
 
 
 def flow_map(

@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Real, Scalar
 
 from ._validation import positive_int
 from .solve import solve
+from .train import fit_full_batch
 
 __all__ = [
     "AutonomousMLP",
@@ -130,22 +131,7 @@ def fit_trajectories(
 ) -> tuple[eqx.Module, Real[np.ndarray, " steps"]]:
     """Full-batch optax training of `vector_field` on `trajectory_loss`, all `steps` in one
     compiled `lax.scan`; returns the trained field and the loss before each step."""
-    steps = positive_int("steps", steps)
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
-    params, static = eqx.partition(vector_field, eqx.is_inexact_array)
-
-    @jax.jit
-    def run(params):
-        def step(carry, _):
-            p, state = carry
-            value, grads = jax.value_and_grad(
-                lambda q: trajectory_loss(eqx.combine(q, static), data, **solve_options)
-            )(p)
-            updates, state = optimizer.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), value
-
-        (p, _), values = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
-        return p, values
-
-    params, values = run(params)
-    return eqx.combine(params, static), np.asarray(values)
+    return fit_full_batch(
+        vector_field, lambda f: trajectory_loss(f, data, **solve_options), optimizer, steps
+    )

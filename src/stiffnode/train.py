@@ -15,8 +15,9 @@ from ._validation import positive_int
 LossFn = Callable[[Any, Array, Array], Scalar]
 
 
-def mse(model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
-        ) -> Float[Array, ""]:
+def mse(
+    model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
+) -> Float[Array, ""]:
     """`mean_i mean_j (model(x_i)_j - y_ij)^2`, the model vmapped over the samples."""
     return jnp.mean((jax.vmap(model)(x) - y) ** 2)
 
@@ -51,8 +52,9 @@ def _split_data(data) -> tuple[Array, Array, Array | None, Array | None]:
 def _check_xy(name: str, x, y) -> tuple[Array, Array]:
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim < 1 or y.ndim < 1:
-        raise ValueError(f"{name} x and y need a leading sample axis, got shapes "
-                         f"{x.shape} and {y.shape}")
+        raise ValueError(
+            f"{name} x and y need a leading sample axis, got shapes {x.shape} and {y.shape}"
+        )
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"{name} x and y have different numbers of samples: {x.shape[0]} and {y.shape[0]}"
@@ -67,10 +69,8 @@ def _check_xy(name: str, x, y) -> tuple[Array, Array]:
     return x, y
 
 
-
 @eqx.filter_jit
-def _epoch(params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key,
-           batch_size):
+def _epoch(params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key, batch_size):
     """One epoch: shuffle, scan the optimizer over the minibatches, evaluate train/test MSE."""
     key, perm_key = jax.random.split(key)
     num_batches = x.shape[0] // batch_size
@@ -157,19 +157,54 @@ def fit(
     try:
         for epoch in epoch_iter:
             params, opt_state, key, metrics = _epoch(
-                params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key,
+                params,
+                static,
+                opt_state,
+                optimizer,
+                loss_fn,
+                x,
+                y,
+                x_test,
+                y_test,
+                key,
                 batch_size,
             )
             for name, value in metrics.items():
                 history.setdefault(name, []).append(value)
             if bar is not None:
-                bar.set_postfix({k: f"{float(v):.3g}" for k, v in metrics.items()},
-                                refresh=False)
+                bar.set_postfix({k: f"{float(v):.3g}" for k, v in metrics.items()}, refresh=False)
             if callback is not None:
-                callback(epoch, eqx.combine(params, static),
-                         {k: float(v) for k, v in metrics.items()})
+                callback(
+                    epoch, eqx.combine(params, static), {k: float(v) for k, v in metrics.items()}
+                )
     finally:
         if bar is not None:
             bar.close()
     model = eqx.combine(params, static)
     return model, {name: np.asarray(jnp.stack(values)) for name, values in history.items()}
+
+
+def fit_full_batch(
+    model: eqx.Module,
+    loss: Callable[[eqx.Module], Scalar],
+    optimizer: optax.GradientTransformation,
+    steps: int,
+) -> tuple[eqx.Module, Float[np.ndarray, " steps"]]:
+    """`steps` optax updates of `model` on the full-batch `loss(model)`, in one compiled
+    `lax.scan`; returns the trained model and the loss before each step."""
+    steps = positive_int("steps", steps)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    @jax.jit
+    def run(params):
+        def step(carry, _):
+            p, state = carry
+            value, grads = jax.value_and_grad(lambda q: loss(eqx.combine(q, static)))(p)
+            updates, state = optimizer.update(grads, state, p)
+            return (optax.apply_updates(p, updates), state), value
+
+        (p, _), values = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
+        return p, values
+
+    params, values = run(params)
+    return eqx.combine(params, static), np.asarray(values)
