@@ -9,6 +9,9 @@
   a backsolve adjoint's backward solve is not included.
 - `num_jac_evals`: Jacobian evaluations (autodiff; each costs about n evaluations of the
   vector field in forward mode, not included in `num_vf_evals`).
+- `num_jvp_evals`: Jacobian-vector products of matrix-free Newton-Krylov (BDF with
+  `linear_solver="gmres"`; each costs about one or two evaluations of the vector field, not
+  included in `num_vf_evals`).
 - `num_lu_decompositions`: LU factorisations of the Newton iteration matrix.
 - `num_newton_iters`: Newton iterations (one vector-field evaluation each).
 - `num_newton_failures`: step attempts rejected because Newton did not converge.

@@ -15,8 +15,9 @@ The LU factorisation is redone when `J` is re-evaluated or `c` has drifted by mo
 since the last one (`max_c_change`; CVODE's rule, with its 30% lowered); in between, each
 Newton correction is scaled by `2 / (1 + c / c_LU)`, as CVODE does.
 With `linear_solver="gmres"` there is no dense matrix at all: each Newton
-correction is a GMRES (lineax) solve with matrix-vector products `v - c J v` by JVPs at the
-last linearisation point (Newton-Krylov), for systems too large for a dense LU.
+correction is a GMRES solve (`solvers.krylov.gmres`, stopped as soon as it converges) with
+matrix-vector products `v - c J v` by JVPs at the last linearisation point (Newton-Krylov),
+for systems too large for a dense LU; the JVPs are counted (`num_jvp_evals`).
 
 Step sizes and orders are the solver's own decisions: it must be paired with
 `BDFController` (tolerances, the first step, statistics); `stiffnode.solve(...,
@@ -38,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .bdf_controller import BDFStepReport
+from .krylov import gmres
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
@@ -163,8 +165,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         max_order: highest order used, 1 to 5.
         ndf: use the numerical differentiation formulas instead of BDF.
         linear_solver: `"lu"` (dense Jacobian by jacfwd, LU reused) or `"gmres"`
-            (matrix-free Newton-Krylov with lineax GMRES on JVPs).
-        gmres_rtol: relative tolerance of each GMRES solve (matrix-free only).
+            (matrix-free Newton-Krylov: GMRES on JVPs).
+        gmres_rtol: relative residual tolerance of each GMRES solve (matrix-free only).
         gmres_restart: GMRES restart length (matrix-free only).
         max_c_change: refactorise `I - c J` when `c = h / alpha_k` has changed by more than
             this fraction since the last factorisation; 0 refactorises at every change of
@@ -294,7 +296,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         matrix, num_jac, num_lu = self._refresh(
             fn_ng, sg(t1), sg(y_predict), sg(c), matrix, ~matrix.has_jac
         )
-        d, n_iter, converged = self._newton(*newton_args, matrix)
+        d, n_iter, converged, num_jvp = self._newton(*newton_args, matrix)
         num_f = num_f + n_iter
         # Newton failed with a Jacobian from an earlier step: re-evaluate it and try again.
         # Newton failed with a Jacobian or factors from an earlier step: refresh and try
@@ -308,15 +310,16 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             m, nj, nlu = self._refresh(
                 fn_ng, sg(t1), sg(y_predict), sg(c), matrix, blame_jac, force_factor=True
             )
-            d2, it2, conv2 = self._newton(*newton_args, m)
-            return m, nj, nlu, d2, it2, conv2
+            d2, it2, conv2, jvp2 = self._newton(*newton_args, m)
+            return m, nj, nlu, d2, it2, conv2, jvp2
 
         def keep(_):
             zero = jnp.array(0, jnp.int32)
-            return matrix, zero, zero, d, zero, converged
+            return matrix, zero, zero, d, zero, converged, zero
 
-        matrix, nj2, nlu2, d, n_iter2, converged = jax.lax.cond(retry, again, keep, None)
+        matrix, nj2, nlu2, d, n_iter2, converged, jvp2 = jax.lax.cond(retry, again, keep, None)
         num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
+        num_jvp = num_jvp + jvp2
         n_iter = jnp.where(retry, n_iter2, n_iter)
         num_iters = num_f - f_restart
         d = self._implicit_gradient(fn, t1, y_predict, c, psi, d)
@@ -372,6 +375,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             order=order,
             num_vf_evals=num_f,
             num_jac_evals=num_jac,
+            num_jvp_evals=num_jvp,
             num_lu_decompositions=num_lu,
             num_newton_iters=num_iters,
             newton_failure=~converged,
@@ -434,42 +438,36 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
         return matrix, new_jac.astype(jnp.int32), factorise.astype(jnp.int32)
 
-    def _linear_solve(self, fn, c, matrix: _NewtonMatrix) -> Callable[[Array], Array]:
-        """`r -> (I - c J)^{-1} r` with the reused factors, or by GMRES on JVPs."""
+    def _linear_solve(self, fn, c, matrix: _NewtonMatrix) -> Callable[[Array], tuple]:
+        """`r -> ((I - c J)^{-1} r, JVPs used)` with the reused factors, or by GMRES on JVPs."""
         if self.linear_solver == "lu":
             factors = (jax.lax.stop_gradient(matrix.lu), matrix.piv)
             # Factors made for c_LU != c: scale the correction (CVODE's 2 / (1 + gamrat)).
             scale = 2 / (1 + c / matrix.lu_c.astype(c.dtype))
-            return lambda r: scale * jsl.lu_solve(factors, r)
+            return lambda r: (scale * jsl.lu_solve(factors, r), jnp.array(0, jnp.int32))
         _, jvp = jax.linearize(lambda z: fn(matrix.t_lin, z), matrix.y_lin)
         c = jax.lax.stop_gradient(c)
-        structure = jax.ShapeDtypeStruct(matrix.y_lin.shape, matrix.y_lin.dtype)
-        operator = lx.FunctionLinearOperator(lambda v: v - c * jvp(v), structure)
-        gmres = lx.GMRES(
-            rtol=self.gmres_rtol,
-            atol=0.0,
-            restart=self.gmres_restart,
-            max_steps=10 * 30,
-            stagnation_iters=self.gmres_restart,
-        )
 
         def solve(r):
-            return lx.linear_solve(operator, r, gmres, throw=False).value
+            sol = gmres(
+                lambda v: v - c * jvp(v), r, rtol=self.gmres_rtol, restart=self.gmres_restart
+            )
+            return sol.x, sol.num_matvecs
 
         return solve
 
     def _newton(self, fn, t, y_predict, c, psi, scale, tol, norm, matrix):
         """Solve `d = c f(t, y_predict + d) - psi` by simplified Newton with the iteration
         matrix `I - c J`: at most 4 iterations, stopped early when the contraction rate
-        predicts failure, as in scipy's BDF. Returns `(d, iterations, converged)`.
+        predicts failure, as in scipy's BDF. Returns `(d, iterations, converged, JVPs used)`.
         """
         solve_linear = self._linear_solve(fn, c, matrix)
 
         def body(carry):
-            k, d, norm_old, _, _ = carry
+            k, d, norm_old, _, _, jvps = carry
             r = c * fn(t, y_predict + d) - psi - d
             finite = jnp.all(jnp.isfinite(r))
-            dy = solve_linear(r)
+            dy, used = solve_linear(r)
             dy_norm = norm(dy / scale)
             rate = dy_norm / norm_old
             first = k == 0
@@ -479,10 +477,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
             d = jnp.where(bad, d, d + dy)
             done = ~bad & ((dy_norm == 0) | (~first & (rate / (1 - rate) * dy_norm < tol)))
-            return k + 1, d, dy_norm, done, bad
+            return k + 1, d, dy_norm, done, bad, jvps + used
 
         def cond(carry):
-            k, _, _, converged, failed = carry
+            k, _, _, converged, failed, _ = carry
             return (k < self.root_find_max_steps) & ~converged & ~failed
 
         init = (
@@ -491,9 +489,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             jnp.array(jnp.inf, y_predict.dtype),
             jnp.array(False),
             jnp.array(False),
+            jnp.array(0, jnp.int32),
         )
-        k, d, _, converged, _ = jax.lax.while_loop(cond, body, init)
-        return d, k, converged
+        k, d, _, converged, _, jvps = jax.lax.while_loop(cond, body, init)
+        return d, k, converged, jvps
 
     def _implicit_gradient(self, fn, t, y_predict, c, psi, d):
         """`d` unchanged, with the gradient of the exact root of

@@ -15,6 +15,7 @@ from .initial_step import initial_step_size
 STAT_KEYS = (
     "num_vf_evals",
     "num_jac_evals",
+    "num_jvp_evals",
     "num_lu_decompositions",
     "num_newton_iters",
     "num_newton_failures",
@@ -31,7 +32,7 @@ class BDFStepReport(eqx.Module):
     accepted: Float[Array, ""]
     next_dt: Float[Array, ""]
     order: Float[Array, ""]
-    counts: Float[Array, "6"]  # this attempt's work, in the order of STAT_KEYS
+    counts: Float[Array, "7"]  # this attempt's work, in the order of STAT_KEYS
 
     @classmethod
     def of(
@@ -42,6 +43,7 @@ class BDFStepReport(eqx.Module):
         order,
         num_vf_evals,
         num_jac_evals,
+        num_jvp_evals,
         num_lu_decompositions,
         num_newton_iters,
         newton_failure,
@@ -52,6 +54,7 @@ class BDFStepReport(eqx.Module):
             [
                 num_vf_evals,
                 num_jac_evals,
+                num_jvp_evals,
                 num_lu_decompositions,
                 num_newton_iters,
                 newton_failure,
@@ -73,7 +76,7 @@ class BDFStepReport(eqx.Module):
 class BDFStats(eqx.Module):
     """Work of a BDF solve, rejected attempts included (int32 scalars)."""
 
-    counts: Int[Array, "6"]  # STAT_KEYS
+    counts: Int[Array, "7"]  # STAT_KEYS
     steps_per_order: Int[Array, "6"]  # accepted steps taken with order k, k = 0..5
 
     def as_dict(self) -> dict[str, Array]:

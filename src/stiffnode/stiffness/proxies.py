@@ -146,8 +146,8 @@ def spectral_radius_gelfand(J: Float[Array, "... n n"], squarings: int = 10) -> 
     accumulated, so nothing overflows: `log ||J^k|| = sum_m 2^(squarings - m) log ||A_m^2||`.
     The estimate is never below `rho`, and for diagonalisable `J = V diag(lambda) V^-1` it
     exceeds `rho` by at most a factor `(sqrt(n) cond(V))^(1/k)` (0.5% at k = 1024 for
-    cond(V) ~ 50); Jordan blocks converge more slowly. A nilpotent or zero `J` gives (close to) 0: the norms
-    are floored at the dtype's smallest normal number.
+    cond(V) ~ 50); Jordan blocks converge more slowly. A nilpotent or zero `J` gives (close
+    to) 0: the norms are floored at the dtype's smallest normal number.
     """
     J = check_square_stack(J)
     if isinstance(squarings, bool) or not isinstance(squarings, int) or squarings < 0:
