@@ -6,7 +6,8 @@ matrix-free product (`vector_field_jvp`, `layer_matvec`). The proxies act on the
 axes of a stack of square matrices: `stiffness_ratio`, `modulus_ratio`, `singular_ratio`,
 `spectral_radius_power`, `spectral_radius_gelfand`, `frobenius`; `aggregate` sums, averages
 or maximises them over layers and samples. `layer_frobenius` and `amortised_spectral_radius`
-use the structure `diag(s) W` and never form `J`.
+use the structure `diag(s) W` and never form `J`. `lanczos_extremes` gives the extreme
+eigenvalues of a symmetric operator (a Hessian) from its products with vectors.
 """
 
 from .amortised import (
@@ -24,6 +25,7 @@ from .jacobians import (
     vector_field_jacobian,
     vector_field_jvp,
 )
+from .lanczos import lanczos_extremes
 from .proxies import (
     PROXIES,
     aggregate,
@@ -51,6 +53,7 @@ __all__ = [
     "forward_with_slopes",
     "frobenius",
     "get_proxy",
+    "lanczos_extremes",
     "layer_frobenius",
     "layer_jacobians",
     "layer_matvec",

@@ -1,0 +1,30 @@
+"""Training as an ODE: the gradient flow `dtheta/dt = -grad L(theta)` of a loss, solved by
+explicit and stiff solvers, as an optax optimizer (`gradient_flow`)."""
+
+from .transform import (
+    FLOW_STAT_KEYS,
+    MAX_DENSE_PARAMS,
+    GradientFlowState,
+    flow_solver,
+    gradient_flow,
+)
+from .vector_field import (
+    GradientFlowField,
+    LossFn,
+    flat_loss,
+    hessian,
+    hessian_vector_product,
+)
+
+__all__ = [
+    "FLOW_STAT_KEYS",
+    "MAX_DENSE_PARAMS",
+    "GradientFlowField",
+    "GradientFlowState",
+    "LossFn",
+    "flat_loss",
+    "flow_solver",
+    "gradient_flow",
+    "hessian",
+    "hessian_vector_product",
+]

@@ -1,0 +1,175 @@
+"""Gradient-flow training as an optax optimizer: each update solves the flow over a window."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PyTree
+
+from ..solve import get_solver, solve
+from ..solvers import BDF, STAT_KEYS
+from ..stats import NOT_COUNTED
+from .vector_field import GradientFlowField, LossFn
+
+FLOW_STAT_KEYS: tuple[str, ...] = (
+    "num_steps",
+    "num_accepted_steps",
+    "num_rejected_steps",
+    *STAT_KEYS,
+)
+"""The statistics a `gradient_flow` state accumulates (see `stiffnode.stats`). For the flow,
+`num_vf_evals` counts gradient evaluations, `num_jac_evals` dense Hessians (or, matrix-free,
+linearisation points), `num_jvp_evals` Hessian-vector products."""
+
+STIFF_SOLVERS = ("kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf")
+
+Schedule = Callable[[Int[Array, ""]], Float[Array, ""]]
+
+MAX_DENSE_PARAMS = 1000
+"""`linear_solver="auto"` uses dense Hessians up to this many parameters."""
+
+
+class GradientFlowState(NamedTuple):
+    """`count` windows solved, flow time `time` reached, and the work so far: `stats`
+    summed over all windows, `window_stats` of the last one (keys `FLOW_STAT_KEYS`;
+    `NOT_COUNTED` (-1) where the solver does not report a count)."""
+
+    count: Int[Array, ""]
+    time: Float[Array, ""]
+    stats: dict[str, Int[Array, ""]]
+    window_stats: dict[str, Int[Array, ""]]
+
+
+def _value(x: float | Schedule, count) -> Array:
+    return jnp.asarray(x(count) if callable(x) else x)
+
+
+def _check_positive(name: str, x):
+    if callable(x):
+        return
+    if isinstance(x, bool) or not isinstance(x, int | float) or not x > 0:
+        raise ValueError(f"{name} must be a positive number or a schedule, got {x!r}")
+
+
+def flow_solver(
+    solver: str | diffrax.AbstractSolver, num_params: int, linear_solver: str = "auto"
+) -> diffrax.AbstractSolver:
+    """The diffrax solver for a flow over `num_params` parameters.
+
+    `linear_solver` applies to BDF/NDF by name: `"lu"` (dense Hessian, LU reused over
+    steps), `"gmres"` (Hessian-vector products, no matrix), `"auto"` (dense up to
+    `MAX_DENSE_PARAMS` parameters). The ESDIRK solvers (Kvaerno) always use the dense Hessian.
+    """
+    if linear_solver not in ("auto", "lu", "gmres"):
+        raise ValueError(f"linear_solver must be 'auto', 'lu' or 'gmres', got {linear_solver!r}")
+    if not isinstance(solver, str):
+        return get_solver(solver)
+    name = solver.lower()
+    if name in ("bdf", "ndf"):
+        if linear_solver == "auto":
+            linear_solver = "lu" if num_params <= MAX_DENSE_PARAMS else "gmres"
+        return BDF(ndf=name == "ndf", linear_solver=linear_solver)
+    return get_solver(name)
+
+
+def _accumulate(total: dict, window: dict) -> dict:
+    """Sums the counts; a `NOT_COUNTED` window leaves the total `NOT_COUNTED`."""
+    return {
+        k: jnp.where((total[k] < 0) | (window[k] < 0), NOT_COUNTED, total[k] + window[k])
+        for k in FLOW_STAT_KEYS
+    }
+
+
+def gradient_flow(
+    loss_fn: LossFn,
+    solver: str | diffrax.AbstractSolver = "bdf",
+    window: float | Schedule = 1.0,
+    rtol: float | Schedule = 1e-3,
+    atol: float | Schedule = 1e-6,
+    *,
+    linear_solver: str = "auto",
+    max_steps: int = 4096,
+) -> optax.GradientTransformationExtraArgs:
+    """Training as an ODE: each update moves the parameters along the gradient flow
+    `dtheta/dt = -grad L(theta)` for flow time `window`, `updates = theta(t + window) -
+    theta(t)`, solved by `solver` with `stiffnode.solve`.
+
+    Gradient descent with learning rate `eta` is explicit Euler on this flow with step
+    `eta`; here an adaptive (and, for stiff solvers, implicit) method picks the steps. The
+    stiff solvers' Jacobian is `-Hessian(L)` from autodiff: dense, or as Hessian-vector
+    products (`linear_solver`).
+
+    Use it like any optax optimizer; `params` are required (the flow evaluates gradients
+    inside the window), and the incoming `updates` (usually the gradient) are ignored:
+
+        opt = gradient_flow(loss_fn, solver="bdf", window=1.0)
+        state = opt.init(params)
+        updates, state = opt.update(grads, state, params, batch=batch)
+        params = optax.apply_updates(params, updates)
+
+    Keyword arguments given to `update` are passed to `loss_fn(params, **kwargs)`. With a
+    new minibatch at each update this integrates a different (stochastic) loss's flow per
+    window: a minibatch gradient flow, not the flow of the full loss.
+
+    Args:
+        loss_fn: `loss_fn(params, **loss_kwargs) -> scalar`.
+        solver: a name (`"tsit5"`, `"dopri5"`, `"kvaerno3"`, `"kvaerno5"`, `"bdf"`, `"ndf"`,
+            any of `stiffnode.SOLVERS`) or a diffrax solver.
+        window: flow time per update, a number or a schedule `count -> window` (e.g. an
+            optax schedule, to lengthen windows as training proceeds).
+        rtol, atol: the solver's local error tolerances per parameter, `atol + rtol
+            |theta_i|` (see `stiffnode.solve`); numbers or schedules `count -> value`, e.g.
+            loose at first and tighter later. They bound how closely the steps follow the
+            flow, not the loss reached.
+        linear_solver: `"auto"`, `"lu"` or `"gmres"` (BDF/NDF by name; see `flow_solver`).
+        max_steps: step budget per window; exhausting it is an error.
+
+    The state (`GradientFlowState`) counts the windows, the flow time and the solver work.
+    """
+    for name, x in (("window", window), ("rtol", rtol), ("atol", atol)):
+        _check_positive(name, x)
+    field = GradientFlowField(loss_fn)
+
+    def init(params: PyTree[Array]) -> GradientFlowState:
+        dtype = ravel_pytree(params)[0].dtype
+        zeros = {k: jnp.zeros((), jnp.int32) for k in FLOW_STAT_KEYS}
+        return GradientFlowState(jnp.zeros((), jnp.int32), jnp.zeros((), dtype), zeros, zeros)
+
+    def update(
+        updates: PyTree[Array],
+        state: GradientFlowState,
+        params: PyTree[Array] | None = None,
+        **loss_kwargs: Any,
+    ) -> tuple[PyTree[Array], GradientFlowState]:
+        if params is None:
+            raise ValueError(
+                "gradient_flow needs the parameters: optimizer.update(updates, state, params)"
+            )
+        num_params = ravel_pytree(params)[0].size
+        stepper = flow_solver(solver, num_params, linear_solver)
+        t0 = state.time
+        t1 = t0 + _value(window, state.count).astype(t0.dtype)
+        sol = solve(
+            field,
+            params,
+            t0,
+            t1,
+            solver=stepper,
+            rtol=_value(rtol, state.count),
+            atol=_value(atol, state.count),
+            args=loss_kwargs,
+            max_steps=max_steps,
+        )
+        end = jtu.tree_map(lambda y: y[-1], sol.ys)
+        new_updates = jtu.tree_map(jnp.subtract, end, params)
+        window_stats = {k: sol.stats[k].astype(jnp.int32) for k in FLOW_STAT_KEYS}
+        return new_updates, GradientFlowState(
+            state.count + 1, t1, _accumulate(state.stats, window_stats), window_stats
+        )
+
+    return optax.GradientTransformationExtraArgs(init, update)
