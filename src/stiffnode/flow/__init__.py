@@ -1,6 +1,7 @@
 """Training as an ODE: the gradient flow `dtheta/dt = -grad L(theta)` of a loss, solved by
 explicit and stiff solvers, as an optax optimizer (`gradient_flow`)."""
 
+from .driver import FlowRun, run
 from .transform import (
     FLOW_STAT_KEYS,
     MAX_DENSE_PARAMS,
@@ -13,10 +14,13 @@ from .vector_field import (
     LossFn,
     flat_loss,
     hessian,
+    hessian_extremes,
     hessian_vector_product,
 )
 
 __all__ = [
+    "FlowRun",
+    "run",
     "FLOW_STAT_KEYS",
     "MAX_DENSE_PARAMS",
     "GradientFlowField",
@@ -26,5 +30,6 @@ __all__ = [
     "flow_solver",
     "gradient_flow",
     "hessian",
+    "hessian_extremes",
     "hessian_vector_product",
 ]

@@ -11,6 +11,8 @@ import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree, Scalar
 
+from ..stiffness.lanczos import lanczos_extremes
+
 LossFn = Callable[..., Scalar]
 """`loss_fn(params, **loss_kwargs) -> scalar`; `params` a pytree of arrays."""
 
@@ -52,3 +54,24 @@ def hessian_vector_product(
     loss, flat = flat_loss(loss_fn, params, **loss_kwargs)
     _, hvp = jax.linearize(jax.grad(loss), flat)
     return hvp
+
+
+def hessian_extremes(
+    loss_fn: LossFn,
+    params: PyTree[Array],
+    *,
+    key: Array,
+    num_iters: int = 20,
+    **loss_kwargs,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """`(lambda_min, lambda_max)` of the Hessian of `L` at `params` by Lanczos on
+    Hessian-vector products from a random start (`num_iters` products, no matrix).
+
+    The flow's stiffness: its Jacobian `-H` has eigenvalues `-lambda`; an explicit solver's
+    step is bounded by about `3.3 / lambda_max` (Dopri5, Tsit5), gradient descent's by
+    `2 / lambda_max`.
+    """
+    hvp = hessian_vector_product(loss_fn, params, **loss_kwargs)
+    flat = ravel_pytree(params)[0]
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    return lanczos_extremes(hvp, v0, num_iters)

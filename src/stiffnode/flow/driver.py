@@ -1,0 +1,247 @@
+"""Run any optax optimizer, the gradient flow included, to a stopping rule, recording the
+loss, the work and the flow's stiffness as it goes; resumable from a checkpoint."""
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optax
+from jaxtyping import Array, PyTree
+from tqdm.auto import tqdm
+
+from .._validation import positive_int
+from .transform import GradientFlowState
+from .vector_field import LossFn, hessian_extremes
+
+
+@dataclass
+class FlowRun:
+    """What `run` returns: the final parameters, why it stopped, and one history row per
+    update (`history[name]` is a list): `update`, `loss` and `grad_norm` (before the
+    update), `wall_time` (cumulative seconds, after compilation, monitoring excluded),
+    `grad_evals` (cumulative gradient evaluations inside the updates: one per update for
+    ordinary optimizers, the solver's count for `gradient_flow`), and for the flow
+    `flow_time` and the solver's cumulative statistics (`FLOW_STAT_KEYS`); when asked,
+    `hessian_min`/`hessian_max` and the metrics of `eval_fn`."""
+
+    params: PyTree[Array]
+    stop_reason: str
+    history: dict[str, list] = field(default_factory=dict)
+    compile_time: float = 0.0
+
+    def last(self, name: str):
+        return self.history[name][-1] if self.history.get(name) else None
+
+
+def _flow_state(opt_state) -> GradientFlowState | None:
+    leaves = jtu.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, GradientFlowState))
+    found = [x for x in leaves if isinstance(x, GradientFlowState)]
+    return found[0] if found else None
+
+
+def _compiled(step, executables: dict, params, opt_state, batch, result: "FlowRun"):
+    """`step` compiled ahead of time for these input shapes (timed into `compile_time`), so
+    that no update's wall time includes compilation."""
+    signature = jtu.tree_map(lambda x: (jnp.shape(x), jnp.result_type(x)), (params, batch))
+    signature = str(jtu.tree_flatten(signature))
+    if signature not in executables:
+        start = time.perf_counter()
+        executables[signature] = step.lower(params, opt_state, batch).compile()
+        result.compile_time += time.perf_counter() - start
+    return executables[signature]
+
+
+def _check_optional_positive(name: str, value):
+    if value is not None and not (isinstance(value, int | float) and value > 0):
+        raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+
+
+def run(
+    loss_fn: LossFn,
+    params: PyTree[Array],
+    optimizer: optax.GradientTransformation,
+    *,
+    max_updates: int = 1000,
+    target_loss: float | None = None,
+    grad_tol: float | None = None,
+    max_flow_time: float | None = None,
+    max_wall_time: float | None = None,
+    batches: Iterable[dict[str, Any]] | None = None,
+    eval_fn: Callable[[PyTree[Array]], dict[str, float]] | None = None,
+    eval_every: int = 1,
+    stiffness_every: int | None = None,
+    stiffness_iters: int = 20,
+    key: Array | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> FlowRun:
+    """Apply `optimizer` to `loss_fn(params, **batch)` until a stopping rule holds:
+    `loss <= target_loss`, `||grad L|| <= grad_tol`, the flow time reaches `max_flow_time`
+    (gradient flow only), `max_wall_time` seconds of updates, or `max_updates` updates.
+
+    Each update is one jit-compiled call, compiled ahead and timed alone: the gradient
+    (which `gradient_flow` does not need) and the optimizer's update. The loss and gradient
+    norm recorded before each update are monitoring, evaluated outside the timed call.
+    With `batches` (an iterable of keyword dicts for `loss_fn`), update `k` uses batch `k`
+    (a minibatch run); otherwise the loss is full batch.
+
+    Args:
+        eval_fn: `params -> {name: value}` (test metrics), called every `eval_every`
+            updates and at the end; its time is not counted.
+        stiffness_every: every so many updates, the Hessian's extreme eigenvalues by
+            Lanczos (`hessian_extremes`, `stiffness_iters` products; not timed); needs `key`.
+        checkpoint: a file path: parameters, optimizer state and history are written there
+            after every update (atomically), and a run started with an existing checkpoint
+            resumes from it. The optimizer and stopping rules must be the same.
+        progress: show a tqdm progress bar.
+    """
+    max_updates = positive_int("max_updates", max_updates)
+    eval_every = positive_int("eval_every", eval_every)
+    for name, value in (
+        ("target_loss", target_loss),
+        ("grad_tol", grad_tol),
+        ("max_flow_time", max_flow_time),
+        ("max_wall_time", max_wall_time),
+    ):
+        _check_optional_positive(name, value)
+    if stiffness_every is not None:
+        stiffness_every = positive_int("stiffness_every", stiffness_every)
+        if key is None:
+            raise ValueError("stiffness_every needs a PRNG key (key=jax.random.key(0))")
+    optimizer = optax.with_extra_args_support(optimizer)
+
+    opt_state = optimizer.init(params)
+    is_flow = _flow_state(opt_state) is not None
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        # The gradient flow ignores its incoming updates and evaluates gradients itself.
+        grads = params if is_flow else jax.grad(loss_fn)(params, **batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params, **batch)
+        return optax.apply_updates(params, updates), opt_state
+
+    @jax.jit
+    def measure(params, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, **batch)
+        return loss, optax.global_norm(grads)
+
+    result = FlowRun(params, "max_updates")
+    if checkpoint is not None and os.path.exists(checkpoint):
+        params, opt_state, result = _load(checkpoint, params, opt_state)
+    history = result.history
+    batch_iter: Iterator[dict] | None = iter(batches) if batches is not None else None
+    done = len(history.get("update", []))
+    for _ in range(done):  # a resumed minibatch run continues with the next batch
+        if batch_iter is not None:
+            next(batch_iter)
+    wall = history["wall_time"][-1] if done else 0.0
+    grad_evals = history["grad_evals"][-1] if done else 0
+    executables: dict = {}
+    bar = tqdm(total=max_updates, initial=done, disable=not progress, desc="updates")
+    reason = "max_updates"
+    try:
+        for k in range(done, max_updates + 1):
+            batch = next(batch_iter) if batch_iter is not None else {}
+            loss, grad_norm = (float(x) for x in measure(params, batch))
+            row: dict[str, Any] = {"update": k, "loss": loss, "grad_norm": grad_norm}
+            flow = _flow_state(opt_state)
+            if flow is not None:
+                row["flow_time"] = float(flow.time)
+                row.update({key_: int(v) for key_, v in flow.stats.items()})
+            row["wall_time"], row["grad_evals"] = wall, grad_evals
+            if eval_fn is not None and (k % eval_every == 0):
+                row.update({name: float(v) for name, v in eval_fn(params).items()})
+            if stiffness_every is not None and k % stiffness_every == 0:
+                lo, hi = hessian_extremes(
+                    loss_fn,
+                    params,
+                    key=jax.random.fold_in(key, k),
+                    num_iters=stiffness_iters,
+                    **batch,
+                )
+                row["hessian_min"], row["hessian_max"] = float(lo), float(hi)
+            for name, value in row.items():
+                history.setdefault(name, []).append(value)
+            reason = _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time)
+            if reason is None and max_wall_time is not None and wall >= max_wall_time:
+                reason = "max_wall_time"
+            if reason is not None:
+                break
+            compiled = _compiled(step, executables, params, opt_state, batch, result)
+            start = time.perf_counter()
+            new_params, opt_state = compiled(params, opt_state, batch)
+            jax.block_until_ready(new_params)
+            elapsed = time.perf_counter() - start
+            params = new_params
+            wall += elapsed
+            flow = _flow_state(opt_state)
+            grad_evals += int(flow.window_stats["num_vf_evals"]) if is_flow else 1
+            _check_finite(params, k)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3e}")
+            result.params = params
+            if checkpoint is not None:
+                result.history = history
+                _save(checkpoint, params, opt_state, result)
+    finally:
+        bar.close()
+    result.params, result.stop_reason, result.history = params, reason, history
+    if eval_fn is not None and history["update"] and history["update"][-1] % eval_every:
+        for name, v in eval_fn(params).items():
+            history[name][-1] = float(v)
+    if checkpoint is not None:
+        _save(checkpoint, params, opt_state, result)
+    return result
+
+
+def _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time) -> str | None:
+    if not np.isfinite(row["loss"]):
+        raise FloatingPointError(f"the loss is {row['loss']} at update {k}")
+    if target_loss is not None and row["loss"] <= target_loss:
+        return "target_loss"
+    if grad_tol is not None and row["grad_norm"] <= grad_tol:
+        return "grad_tol"
+    if max_flow_time is not None and row.get("flow_time", 0.0) >= max_flow_time:
+        return "max_flow_time"
+    if k >= max_updates:
+        return "max_updates"
+    return None
+
+
+def _check_finite(params, k):
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in jtu.tree_leaves(params)):
+        raise FloatingPointError(f"the parameters are not finite after update {k}")
+
+
+def _save(path, params, opt_state, result: FlowRun):
+    """Atomically: `path` (parameters and optimizer state) and `path.json` (history)."""
+    path = os.fspath(path)
+    with open(path + ".tmp", "wb") as f:
+        eqx.tree_serialise_leaves(f, (params, opt_state))
+    meta = {
+        "stop_reason": result.stop_reason,
+        "compile_time": result.compile_time,
+        "history": result.history,
+    }
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(meta, f)
+    os.replace(path + ".json.tmp", path + ".json")
+    os.replace(path + ".tmp", path)
+
+
+def _load(path, params, opt_state) -> tuple[PyTree[Array], Any, FlowRun]:
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        params, opt_state = eqx.tree_deserialise_leaves(f, (params, opt_state))
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    result = FlowRun(params, meta["stop_reason"], meta["history"], meta["compile_time"])
+    return params, opt_state, result
