@@ -118,7 +118,38 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true",
                       help="no progress bar or progress messages, only the results")
     _add_study_parser(commands)
+    _add_flow_parser(commands)
     return parser
+
+
+def _add_flow_parser(commands):
+    """`stiffnode flow`: gradient-flow training against optax (stiffnode.studies)."""
+    flow = commands.add_parser(
+        "flow",
+        help="training as an ODE: gradient flow (Tsit5, Kvaerno5, BDF) vs SGD/Adam vs scipy",
+        description="Train with optax SGD, momentum and Adam (learning rates tuned on a grid) "
+        "and by solving the gradient flow dtheta/dt = -grad L with Tsit5, Kvaerno5 and BDF "
+        "(Hessian-vector products) to Adam's final train loss; then the seed's setting: "
+        "scipy LSODA/BDF/vode/zvode with finite-difference Jacobians (atol 1e-8, rtol 1e-6) "
+        "against stiffnode's BDF on the same flow. Writes DIR/summary.json, history.json, "
+        "table.md and PNGs; resumes a stopped run in the same DIR.",
+    )
+    flow.add_argument("--task", choices=("digits", "alpine02"), default="digits",
+                      help="digits (MLP classifier, sklearn's bundled digits) or alpine02 "
+                      "(the seed's ResNet regression); default digits")
+    flow.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    flow.add_argument("--updates", type=_positive_int, default=1000,
+                      help="updates of SGD/momentum/Adam (default 1000)")
+    flow.add_argument("--budget", type=float, default=120.0,
+                      help="wall seconds per flow solver (default 120)")
+    flow.add_argument("--seed-time", type=float, default=200.0,
+                      help="flow time of the scipy comparison (default 200)")
+    flow.add_argument("--seed-budget", type=float, default=120.0,
+                      help="wall seconds per scipy run (default 120)")
+    flow.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                      help="subset of: sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf seed")
+    flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    flow.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_study_parser(commands):
@@ -314,7 +345,7 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     """The `stiffnode` console command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
     parser = _build_parser()
-    if not argv or argv[0] not in ("demo", "study", "-h", "--help", "--version"):
+    if not argv or argv[0] not in ("demo", "study", "flow", "-h", "--help", "--version"):
         argv = ["demo", *argv]
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -328,5 +359,13 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
                             eval_every=args.eval_every, group_size=args.group_size,
                             progress=not args.quiet)
         print(json.dumps(summary, indent=2))
+        print(f"wrote {Path(args.out) / 'summary.json'}")
+    elif args.command == "flow":
+        from .studies.flow_training import run_study as run_flow_study
+
+        run_flow_study(args.task, args.out, updates=args.updates, budget=args.budget,
+                       seed_time=args.seed_time, seed_budget=args.seed_budget,
+                       methods=args.methods, seed=args.seed, progress=not args.quiet)
+        print((Path(args.out) / "table.md").read_text(), end="")
         print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

@@ -1,4 +1,4 @@
-"""Regression data sets: the Alpine02 function."""
+"""Data sets: the Alpine02 regression function and scikit-learn's digits."""
 
 import functools
 import numbers
@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._validation import positive_int
@@ -68,3 +69,22 @@ def alpine02_dataset(
     x_train, y_train = alpine02(k_train, n_train, dim, dtype=dtype)
     x_test, y_test = alpine02(k_test, n_test, dim, dtype=dtype)
     return Dataset(x_train, y_train, x_test, y_test)
+
+
+def digits_dataset(seed: int = 0, test_fraction: float = 0.25, dtype=None) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, bundled: no download), pixels
+    scaled to [0, 1], shuffled by `seed` and split; `y_*` are int labels 0..9 of shape (n,)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
+        raise ImportError("digits_dataset needs scikit-learn (pip install scikit-learn)") from e
+    digits = load_digits()
+    order = np.random.default_rng(int(seed)).permutation(len(digits.target))
+    x = jnp.asarray(digits.data[order] / 16.0, dtype=dtype)
+    y = jnp.asarray(digits.target[order], dtype=jnp.int32)
+    n_test = int(round(test_fraction * len(y)))
+    return Dataset(x[n_test:], y[n_test:], x[:n_test], y[:n_test])

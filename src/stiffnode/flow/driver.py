@@ -30,7 +30,8 @@ class FlowRun:
     `grad_evals` (cumulative gradient evaluations inside the updates: one per update for
     ordinary optimizers, the solver's count for `gradient_flow`), and for the flow
     `flow_time` and the solver's cumulative statistics (`FLOW_STAT_KEYS`); when asked,
-    `hessian_min`/`hessian_max` and the metrics of `eval_fn`."""
+    `hessian_min`/`hessian_max` and the metrics of `eval_fn` (None in the rows where they
+    were not measured). All lists have the same length."""
 
     params: PyTree[Array]
     stop_reason: str
@@ -102,6 +103,10 @@ def run(
             after every update (atomically), and a run started with an existing checkpoint
             resumes from it. The optimizer and stopping rules must be the same.
         progress: show a tqdm progress bar.
+
+    An update that fails at run time (a solver's step budget exhausted, say) ends the run
+    with `stop_reason = "failed: <message>"`; the parameters and history up to it are kept.
+    A non-finite loss or parameters raise `FloatingPointError`.
     """
     max_updates = positive_int("max_updates", max_updates)
     eval_every = positive_int("eval_every", eval_every)
@@ -168,8 +173,7 @@ def run(
                     **batch,
                 )
                 row["hessian_min"], row["hessian_max"] = float(lo), float(hi)
-            for name, value in row.items():
-                history.setdefault(name, []).append(value)
+            _append(history, row)
             reason = _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time)
             if reason is None and max_wall_time is not None and wall >= max_wall_time:
                 reason = "max_wall_time"
@@ -177,8 +181,12 @@ def run(
                 break
             compiled = _compiled(step, executables, params, opt_state, batch, result)
             start = time.perf_counter()
-            new_params, opt_state = compiled(params, opt_state, batch)
-            jax.block_until_ready(new_params)
+            try:
+                new_params, opt_state = compiled(params, opt_state, batch)
+                jax.block_until_ready(new_params)
+            except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError) as e:
+                reason = f"failed: {_runtime_message(e)}"
+                break
             elapsed = time.perf_counter() - start
             params = new_params
             wall += elapsed
@@ -200,6 +208,21 @@ def run(
     if checkpoint is not None:
         _save(checkpoint, params, opt_state, result)
     return result
+
+
+def _append(history: dict[str, list], row: dict[str, Any]):
+    """One row; a column missing from a row (not measured then) holds None there."""
+    length = len(history["update"]) if history else 0
+    for name in row.keys() - history.keys():
+        history[name] = [None] * length
+    for name, column in history.items():
+        column.append(row.get(name))
+
+
+def _runtime_message(error: Exception) -> str:
+    """The line of a runtime error that says what went wrong (e.g. the step budget)."""
+    lines = [line for line in str(error).splitlines() if "stiffnode" in line or "Error" in line]
+    return (lines[-1] if lines else str(error).splitlines()[0]).strip()[:300]
 
 
 def _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time) -> str | None:

@@ -1,0 +1,520 @@
+"""Training as an ODE, measured: optax SGD / momentum / Adam against the gradient flow
+solved by Tsit5, Kvaerno5 and BDF, and the seed's scipy setting on the same flow.
+
+Two comparisons, each side by side in one run:
+
+1. **To Adam's loss.** The tuned Adam's final train loss (after `updates` updates) is the
+   target; every method runs until it reaches it (or its budget ends). Reported: gradient
+   evaluations, Hessian-vector products, steps and wall time to the target, the final train
+   loss and test metric, the solver statistics, the Hessian's extreme eigenvalues (Lanczos)
+   along the way. Flows use windows that double (the loss of a classifier falls like
+   `1/t` late in the flow, so equal windows would waste updates) and loose tolerances.
+2. **The seed's setting.** scipy `solve_ivp` (LSODA, BDF) and `ode` (vode, zvode) on the
+   same flow from the same start, atol 1e-8 / rtol 1e-6, finite-difference Jacobians (and
+   the autodiff Hessian passed in), against stiffnode's BDF at the same tolerances, to the
+   same flow time `seed_time`. A scipy run that exceeds its wall-time budget is stopped;
+   the JAX run is then timed to the flow time scipy reached, so the ratio is a lower bound.
+
+`run_study` writes `summary.json` after every method (a stopped study resumes, skipping the
+methods already there), `history.json`, `table.md` and PNGs.
+"""
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PyTree
+
+from ..data import alpine02_dataset, digits_dataset
+from ..flow import GradientFlowField, flow_solver, gradient_flow, run
+from ..flow.scipy_baseline import scipy_gradient_flow
+from ..models import ResNet
+from ..solve import solve
+
+
+@dataclass(frozen=True)
+class FlowTask:
+    """A loss over parameters `params` (the model's inexact arrays; `static` the rest) and
+    the metrics reported for them."""
+
+    name: str
+    params: PyTree[Array]
+    loss: Callable[[PyTree[Array]], Array]
+    metrics: Callable[[PyTree[Array]], dict[str, float]]
+    test_metric: str  # the key of `metrics` that is the test score
+    description: str
+
+
+def digits_task(seed: int = 0, hidden: int = 16) -> FlowTask:
+    """A one-hidden-layer tanh MLP (64 -> hidden -> 10) classifying scikit-learn's 8x8
+    digits (1,797 images, 75% train), mean softmax cross-entropy, full batch."""
+    data = digits_dataset(seed, dtype=jnp.float64)
+    model = eqx.nn.MLP(
+        64, 10, hidden, 1, activation=jnp.tanh, key=jax.random.key(seed), dtype=jnp.float64
+    )
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def logits(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    def loss(p):
+        z = logits(p, data.x_train)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, data.y_train))
+
+    @jax.jit
+    def metrics(p):
+        train_acc = jnp.mean(jnp.argmax(logits(p, data.x_train), -1) == data.y_train)
+        test_acc = jnp.mean(jnp.argmax(logits(p, data.x_test), -1) == data.y_test)
+        return {"train_loss": loss(p), "train_accuracy": train_acc, "test_accuracy": test_acc}
+
+    n = ravel_pytree(params)[0].size
+    return FlowTask(
+        "digits",
+        params,
+        loss,
+        metrics,
+        "test_accuracy",
+        f"tanh MLP 64-{hidden}-10 ({n:,} parameters) on sklearn digits "
+        f"({data.x_train.shape[0]} train / {data.x_test.shape[0]} test), cross-entropy",
+    )
+
+
+def alpine02_task(seed: int = 0, width: int = 20, depth: int = 10) -> FlowTask:
+    """The seed's ResNet (tanh, width 20, depth 10) on Alpine02 (900 train / 100 test),
+    full-batch MSE."""
+    data = alpine02_dataset(seed, 2, 900, 100, dtype=jnp.float64)
+    model = ResNet(2, 1, width, depth, key=jax.random.key(seed), dtype=jnp.float64)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def mse(p, x, y):
+        return jnp.mean((jax.vmap(eqx.combine(p, static))(x) - y) ** 2)
+
+    def loss(p):
+        return mse(p, data.x_train, data.y_train)
+
+    @jax.jit
+    def metrics(p):
+        return {"train_loss": loss(p), "test_mse": mse(p, data.x_test, data.y_test)}
+
+    n = ravel_pytree(params)[0].size
+    return FlowTask(
+        "alpine02",
+        params,
+        loss,
+        metrics,
+        "test_mse",
+        f"ResNet width {width} depth {depth} ({n:,} parameters) on Alpine02 (900 train / "
+        "100 test), MSE",
+    )
+
+
+TASKS: dict[str, Callable[..., FlowTask]] = {"digits": digits_task, "alpine02": alpine02_task}
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+}
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
+
+FLOW_SOLVERS = ("tsit5", "kvaerno5", "bdf")
+FLOW_TOLERANCES = {"tsit5": 1e-3, "kvaerno5": 0.1, "bdf": 0.1}
+"""rtol = atol per flow solver: loose, since the steps need not follow the flow closely.
+Tsit5 at 0.1 lets the flow go unstable (digits: train loss 8.8e11 after 41 windows)."""
+FLOW_MAX_STEPS = 10_000  # per window: an explicit solver's window ends the run past this
+SCIPY_METHODS = (
+    ("LSODA", "fd"),
+    ("BDF", "fd"),
+    ("vode", "fd"),
+    ("zvode", "fd"),
+    ("BDF", "autodiff"),
+    ("LSODA", "autodiff"),
+)
+SEED_RTOL, SEED_ATOL = 1e-6, 1e-8
+
+
+def _history_at_target(history: dict[str, list], target: float) -> dict[str, Any] | None:
+    """The first history row whose loss is at or below `target`."""
+    for i, loss in enumerate(history["loss"]):
+        if loss <= target:
+            return {k: v[i] for k, v in history.items()}
+    return None
+
+
+def _entry(task: FlowTask, result, target: float | None, kind: str, **extra) -> dict[str, Any]:
+    h = result.history
+    metrics = {k: float(v) for k, v in task.metrics(result.params).items()}
+    entry = {
+        "kind": kind,
+        "updates": h["update"][-1],
+        "grad_evals": h["grad_evals"][-1],
+        "hvp_evals": (h.get("num_jvp_evals") or [0])[-1],
+        "wall_time": h["wall_time"][-1],
+        "compile_time": result.compile_time,
+        "stop_reason": result.stop_reason,
+        "final_train_loss": metrics["train_loss"],
+        "test_metric": metrics[task.test_metric],
+        "metrics": metrics,
+        **extra,
+    }
+    if "flow_time" in h:
+        entry["flow_time"] = h["flow_time"][-1]
+        entry["solver_stats"] = {k: h[k][-1] for k in h if k.startswith("num_")}
+    if target is not None:
+        row = _history_at_target(h, target)
+        entry["reached_target"] = row is not None
+        if row is not None:
+            entry["to_target"] = {
+                k: row[k]
+                for k in ("update", "grad_evals", "num_jvp_evals", "wall_time", "flow_time")
+                if k in row
+            }
+    return entry
+
+
+def _tune(task, name, updates):
+    """The learning rate of `LEARNING_RATES` with the lowest final train loss."""
+    best = None
+    for lr in LEARNING_RATES:
+        r = run(task.loss, task.params, OPTIMIZERS[name](lr), max_updates=updates)
+        final = r.history["loss"][-1]
+        if math.isfinite(final) and (best is None or final < best[1]):
+            best = (lr, final, r)
+    return best
+
+
+def _seed_comparison(task, seed_time, budget) -> dict[str, Any]:
+    """scipy with the seed's tolerances vs stiffnode's BDF on the same flow to `seed_time`."""
+    out: dict[str, Any] = {"rtol": SEED_RTOL, "atol": SEED_ATOL, "flow_time": seed_time}
+    field = GradientFlowField(task.loss)
+    bdf = flow_solver("bdf", ravel_pytree(task.params)[0].size)
+    out["stiffnode_solver"] = f"BDF(linear_solver={bdf.linear_solver!r})"
+
+    @jax.jit
+    def jax_bdf(params, t1):
+        sol = solve(
+            field, params, 0.0, t1, solver=bdf, rtol=SEED_RTOL, atol=SEED_ATOL, max_steps=100_000
+        )
+        return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats
+
+    def timed_jax(t1):
+        t1 = jnp.asarray(t1, jnp.float64)
+        jax.block_until_ready(jax_bdf(task.params, t1))  # compile
+        start = time.perf_counter()
+        end, stats = jax.block_until_ready(jax_bdf(task.params, t1))
+        return (
+            end,
+            {k: np.asarray(v).tolist() for k, v in stats.items()},
+            (time.perf_counter() - start),
+        )
+
+    end, stats, wall = timed_jax(seed_time)
+    out["stiffnode_bdf"] = {"wall_time": wall, "stats": stats, "final_loss": float(task.loss(end))}
+    flat_end = np.asarray(ravel_pytree(end)[0])
+    for method, jac in SCIPY_METHODS:
+        r = scipy_gradient_flow(
+            task.loss,
+            task.params,
+            seed_time,
+            method=method,
+            jacobian=jac,
+            rtol=SEED_RTOL,
+            atol=SEED_ATOL,
+            max_wall_time=budget,
+        )
+        entry = {**r.stats(), "finished": r.finished, "t_reached": r.t}
+        if r.finished:
+            theta = np.asarray(ravel_pytree(r.params)[0])
+            entry["max_abs_diff_to_stiffnode"] = float(np.max(np.abs(theta - flat_end)))
+            entry["speedup"] = r.wall_time / wall
+        elif r.t > 0:
+            _, _, wall_t = timed_jax(r.t)
+            entry["stiffnode_wall_time_to_t_reached"] = wall_t
+            entry["speedup_at_least"] = r.wall_time / wall_t
+        out[f"scipy_{method}_{jac}"] = entry
+    return out
+
+
+def run_study(
+    task: str = "digits",
+    out: str | os.PathLike = "flow_study",
+    *,
+    updates: int = 1000,
+    budget: float = 120.0,
+    seed_time: float = 1.0,
+    seed_budget: float = 60.0,
+    methods: tuple[str, ...] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Run the comparison on `task` ("digits" or "alpine02") and write `out/`.
+
+    Args:
+        updates: updates for SGD, momentum and Adam (each tuned over `LEARNING_RATES`).
+        budget: wall seconds allowed to each flow solver to reach Adam's loss.
+        seed_time: flow time of the seed-setting comparison; `seed_budget` the wall seconds
+            allowed to each scipy run there.
+        methods: a subset of `sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf seed`
+            (default all; `adam` always runs: its loss is the target).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
+    all_methods = (*OPTIMIZERS, *(f"flow-{s}" for s in FLOW_SOLVERS), "seed")
+    methods = all_methods if methods is None else tuple(methods)
+    unknown = set(methods) - set(all_methods)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; use {all_methods}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path, history_path = out / "summary.json", out / "history.json"
+    with jax.enable_x64(True):
+        ftask = TASKS[task](seed)
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        histories = json.loads(history_path.read_text()) if history_path.exists() else {}
+        summary.setdefault(
+            "task",
+            {
+                "name": task,
+                "description": ftask.description,
+                "updates": updates,
+                "budget_s": budget,
+            },
+        )
+
+        def save(name, entry, history=None):
+            summary[name] = entry
+            if history is not None:
+                histories[name] = history
+                history_path.write_text(json.dumps(histories))
+            summary_path.write_text(json.dumps(summary, indent=1))
+
+        for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
+            if name in summary:
+                continue
+            lr, _, r = _tune(ftask, name, updates)
+            save(
+                name,
+                _entry(
+                    ftask,
+                    r,
+                    None,
+                    "optax",
+                    learning_rate=lr,
+                    learning_rates_tried=list(LEARNING_RATES),
+                ),
+                r.history,
+            )
+        target = summary["adam"]["final_train_loss"]
+        summary["task"]["target_loss"] = target
+        for name, entry in list(summary.items()):
+            if entry.get("kind") == "optax" and "reached_target" not in entry:
+                row = _history_at_target(histories[name], target)
+                entry["reached_target"] = row is not None
+                if row is not None:
+                    entry["to_target"] = {k: row[k] for k in ("update", "grad_evals", "wall_time")}
+        for solver in FLOW_SOLVERS:
+            name = f"flow-{solver}"
+            if name not in methods or name in summary:
+                continue
+            opt = gradient_flow(
+                ftask.loss,
+                solver,
+                window=optax.exponential_decay(1.0, 1, 2.0),
+                rtol=FLOW_TOLERANCES[solver],
+                atol=FLOW_TOLERANCES[solver],
+                max_steps=FLOW_MAX_STEPS,
+            )
+            r = run(
+                ftask.loss,
+                ftask.params,
+                opt,
+                max_updates=60,
+                target_loss=target,
+                max_wall_time=budget,
+                stiffness_every=2,
+                key=jax.random.key(seed),
+                progress=progress,
+            )
+            save(
+                name,
+                _entry(
+                    ftask,
+                    r,
+                    target,
+                    "flow",
+                    solver=solver,
+                    rtol=FLOW_TOLERANCES[solver],
+                    atol=FLOW_TOLERANCES[solver],
+                    window="1, doubling",
+                ),
+                r.history,
+            )
+        if "seed" in methods and "seed" not in summary:
+            save("seed", _seed_comparison(ftask, seed_time, seed_budget))
+    if plot:
+        plot_study(summary, histories, out)
+    (out / "table.md").write_text(table(summary))
+    return summary
+
+
+def _opt(d: dict, key: str, fmt: str) -> str:
+    return format(d[key], fmt) if d.get(key) is not None else "—"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """A markdown table of the methods: work and time to the target, final figures."""
+    task = summary["task"]
+    lines = [
+        f"**{task['name']}**: {task['description']}; target: Adam's train loss after "
+        f"{task['updates']} updates, {task.get('target_loss', float('nan')):.3e}.",
+        "",
+        "| method | setting | grads to target | HVPs to target | wall s to target | "
+        "final train loss | test | grads | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in summary.items():
+        if name in ("task", "seed"):
+            continue
+        setting = (
+            f"lr {e['learning_rate']:g}"
+            if e["kind"] == "optax"
+            else f"rtol=atol={e['rtol']:g}, windows {e['window']}"
+        )
+        t = e.get("to_target") or {}
+        lines.append(
+            f"| {name} | {setting} | {_opt(t, 'grad_evals', ',')} | "
+            f"{_opt(t, 'num_jvp_evals', ',')} | {_opt(t, 'wall_time', '.2f')} | "
+            f"{e['final_train_loss']:.3e} | {e['test_metric']:.4g} | {e['grad_evals']:,} | "
+            f"{e['wall_time']:.2f} |"
+        )
+    seed = summary.get("seed")
+    if seed:
+        lines += [
+            "",
+            f"Seed setting: the same flow from the same start to t = {seed['flow_time']:g}, "
+            f"rtol {seed['rtol']:g}, atol {seed['atol']:g}; stiffnode BDF "
+            f"{seed['stiffnode_bdf']['wall_time']:.3f} s.",
+            "",
+            "| scipy | Jacobian | finished | t reached | grads | wall s | speedup of stiffnode |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, e in seed.items():
+            if not name.startswith("scipy_"):
+                continue
+            speed = (
+                f"{e['speedup']:.0f}x"
+                if "speedup" in e
+                else f">= {e['speedup_at_least']:.0f}x"
+                if "speedup_at_least" in e
+                else "—"
+            )
+            lines.append(
+                f"| {e['method']} | {e['jacobian']} | {e['finished']} | {e['t_reached']:.3g} | "
+                f"{e['num_grad_evals']:,} | {e['wall_time']:.2f} | {speed} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
+    """`loss.png` (train loss against gradient evaluations and wall time), `stiffness.png`
+    (the Hessian's extreme eigenvalues along the flows), `solver_stats.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = summary["task"].get("target_loss")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for name, h in histories.items():
+        x_grad = np.asarray(h["grad_evals"], float)
+        if "num_jvp_evals" in h:  # a Hessian-vector product costs about two gradients
+            x_grad = x_grad + 2 * np.asarray(h["num_jvp_evals"], float)
+        style = "-" if name.startswith("flow") else "--"
+        axes[0].loglog(np.maximum(x_grad, 1), h["loss"], style, label=name)
+        axes[1].loglog(np.maximum(h["wall_time"], 1e-3), h["loss"], style, label=name)
+    for ax, xlabel in zip(
+        axes,
+        (
+            "gradient evaluations (+ 2 per Hessian-vector product)",
+            "wall time [s] (after compilation)",
+        ),
+        strict=True,
+    ):
+        if target is not None:
+            ax.axhline(target, color="k", lw=0.8, ls=":", label="Adam's final loss")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("train loss")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(summary["task"]["description"])
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+
+    flows = {k: h for k, h in histories.items() if "hessian_max" in h}
+    if flows:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+        for name, h in flows.items():
+            rows = [i for i, v in enumerate(h["hessian_max"]) if v is not None]
+            t = np.asarray([h["flow_time"][i] for i in rows])
+            ax.semilogx(
+                np.maximum(t, 1e-2),
+                [h["hessian_max"][i] for i in rows],
+                "-o",
+                ms=3,
+                label=f"{name}: lambda_max",
+            )
+            ax.semilogx(
+                np.maximum(t, 1e-2),
+                [h["hessian_min"][i] for i in rows],
+                ":",
+                label=f"{name}: lambda_min",
+            )
+        ax.set_xlabel("flow time t")
+        ax.set_ylabel("Hessian eigenvalue (Lanczos)")
+        ax.set_title("stiffness of the flow along the trajectory")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.savefig(out / "stiffness.png", dpi=120)
+        plt.close(fig)
+
+    stats = {
+        k: e["solver_stats"]
+        for k, e in summary.items()
+        if isinstance(e, dict) and "solver_stats" in e
+    }
+    if stats:
+        keys = [
+            "num_steps",
+            "num_rejected_steps",
+            "num_vf_evals",
+            "num_jvp_evals",
+            "num_jac_evals",
+            "num_lu_decompositions",
+            "num_newton_iters",
+            "num_newton_failures",
+        ]
+        fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+        width = 0.8 / len(stats)
+        for i, (name, s) in enumerate(stats.items()):
+            values = [max(s.get(k, 0), 0) + 1e-1 for k in keys]
+            ax.bar(np.arange(len(keys)) + i * width, values, width, label=name)
+        ax.set_xticks(
+            np.arange(len(keys)) + 0.4 - width / 2, [k[4:] for k in keys], rotation=30, ha="right"
+        )
+        ax.set_yscale("log")
+        ax.set_title("solver statistics over the whole run (-1 = not counted, shown as 0)")
+        ax.legend(fontsize=8)
+        fig.savefig(out / "solver_stats.png", dpi=120)
+        plt.close(fig)
