@@ -99,9 +99,10 @@ def run(
             updates and at the end; its time is not counted.
         stiffness_every: every so many updates, the Hessian's extreme eigenvalues by
             Lanczos (`hessian_extremes`, `stiffness_iters` products; not timed); needs `key`.
-        checkpoint: a file path: parameters, optimizer state and history are written there
-            after every update (atomically), and a run started with an existing checkpoint
-            resumes from it. The optimizer and stopping rules must be the same.
+        checkpoint: a file path: parameters, optimizer state and the history of the updates
+            applied are written there after every update (atomically), and a run started
+            with an existing checkpoint resumes from it, also to a larger `max_updates`. The
+            optimizer must be the same.
         progress: show a tqdm progress bar.
 
     An update that fails at run time (a solver's step budget exhausted, say) ends the run
@@ -136,19 +137,22 @@ def run(
     @jax.jit
     def measure(params, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, **batch)
-        return loss, optax.global_norm(grads)
+        return loss, optax.tree.norm(grads)
 
     result = FlowRun(params, "max_updates")
+    done, wall, grad_evals = 0, 0.0, 0  # updates applied, their time and gradients
     if checkpoint is not None and os.path.exists(checkpoint):
-        params, opt_state, result = _load(checkpoint, params, opt_state)
+        params, opt_state, result, (done, wall, grad_evals) = _load(checkpoint, params, opt_state)
     history = result.history
     batch_iter: Iterator[dict] | None = iter(batches) if batches is not None else None
-    done = len(history.get("update", []))
     for _ in range(done):  # a resumed minibatch run continues with the next batch
         if batch_iter is not None:
             next(batch_iter)
-    wall = history["wall_time"][-1] if done else 0.0
-    grad_evals = history["grad_evals"][-1] if done else 0
+
+    @jax.jit
+    def lanczos(params, key, batch):
+        return hessian_extremes(loss_fn, params, key=key, num_iters=stiffness_iters, **batch)
+
     executables: dict = {}
     bar = tqdm(total=max_updates, initial=done, disable=not progress, desc="updates")
     reason = "max_updates"
@@ -165,13 +169,7 @@ def run(
             if eval_fn is not None and (k % eval_every == 0):
                 row.update({name: float(v) for name, v in eval_fn(params).items()})
             if stiffness_every is not None and k % stiffness_every == 0:
-                lo, hi = hessian_extremes(
-                    loss_fn,
-                    params,
-                    key=jax.random.fold_in(key, k),
-                    num_iters=stiffness_iters,
-                    **batch,
-                )
+                lo, hi = lanczos(params, jax.random.fold_in(key, k), batch)
                 row["hessian_min"], row["hessian_max"] = float(lo), float(hi)
             _append(history, row)
             reason = _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time)
@@ -198,15 +196,13 @@ def run(
             result.params = params
             if checkpoint is not None:
                 result.history = history
-                _save(checkpoint, params, opt_state, result)
+                _save(checkpoint, params, opt_state, result, (k + 1, wall, grad_evals))
     finally:
         bar.close()
     result.params, result.stop_reason, result.history = params, reason, history
     if eval_fn is not None and history["update"] and history["update"][-1] % eval_every:
         for name, v in eval_fn(params).items():
             history[name][-1] = float(v)
-    if checkpoint is not None:
-        _save(checkpoint, params, opt_state, result)
     return result
 
 
@@ -244,15 +240,17 @@ def _check_finite(params, k):
         raise FloatingPointError(f"the parameters are not finite after update {k}")
 
 
-def _save(path, params, opt_state, result: FlowRun):
-    """Atomically: `path` (parameters and optimizer state) and `path.json` (history)."""
+def _save(path, params, opt_state, result: FlowRun, totals: tuple[int, float, int]):
+    """Atomically: `path` (parameters and optimizer state after `totals[0]` updates) and
+    `path.json` (the history rows of those updates, their wall time and gradients)."""
     path = os.fspath(path)
     with open(path + ".tmp", "wb") as f:
         eqx.tree_serialise_leaves(f, (params, opt_state))
     meta = {
         "stop_reason": result.stop_reason,
         "compile_time": result.compile_time,
-        "history": result.history,
+        "history": {k: v[: totals[0]] for k, v in result.history.items()},
+        "totals": list(totals),
     }
     with open(path + ".json.tmp", "w") as f:
         json.dump(meta, f)
@@ -260,11 +258,12 @@ def _save(path, params, opt_state, result: FlowRun):
     os.replace(path + ".tmp", path)
 
 
-def _load(path, params, opt_state) -> tuple[PyTree[Array], Any, FlowRun]:
+def _load(path, params, opt_state) -> tuple[PyTree[Array], Any, FlowRun, tuple]:
     path = os.fspath(path)
     with open(path, "rb") as f:
         params, opt_state = eqx.tree_deserialise_leaves(f, (params, opt_state))
     with open(path + ".json") as f:
         meta = json.load(f)
     result = FlowRun(params, meta["stop_reason"], meta["history"], meta["compile_time"])
-    return params, opt_state, result
+    done, wall, grad_evals = meta["totals"]
+    return params, opt_state, result, (int(done), float(wall), int(grad_evals))

@@ -320,8 +320,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         matrix, nj2, nlu2, d, n_iter2, converged, jvp2 = jax.lax.cond(retry, again, keep, None)
         num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
         num_jvp = num_jvp + jvp2
-        n_iter = jnp.where(retry, n_iter2, n_iter)
         num_iters = num_f - f_restart
+        if self.linear_solver == "gmres":  # each Newton solve linearises f: one evaluation
+            num_f = num_f + 1 + retry.astype(num_f.dtype)
+        n_iter = jnp.where(retry, n_iter2, n_iter)
         d = self._implicit_gradient(fn, t1, y_predict, c, psi, d)
 
         y_new = y_predict + d

@@ -1,0 +1,67 @@
+"""The digits data, and `stiffnode flow` end to end at tiny sizes: the files it writes, the
+target it sets from Adam, resuming, and the scipy comparison's agreement with stiffnode."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from stiffnode.cli import main  # noqa: E402
+from stiffnode.data import digits_dataset  # noqa: E402
+from stiffnode.studies import flow_training  # noqa: E402
+
+
+def test_digits_dataset_is_a_shuffled_split_of_sklearns():
+    d = digits_dataset(seed=1, test_fraction=0.25)
+    raw = load_digits()
+    assert d.x_train.shape == (1348, 64) and d.x_test.shape == (449, 64)
+    assert d.y_train.dtype == np.int32 and set(np.unique(d.y_train)) == set(range(10))
+    x = np.concatenate([d.x_test, d.x_train]) * 16
+    y = np.concatenate([d.y_test, d.y_train])
+    # The same multiset of (image, label) pairs as scikit-learn's, scaled to [0, 1].
+    key = lambda xs, ys: sorted(zip(map(tuple, np.round(xs).astype(int)), ys, strict=True))  # noqa: E731
+    assert key(x, y) == key(raw.data, raw.target)
+    assert float(d.x_train.max()) <= 1.0
+    with pytest.raises(ValueError, match="test_fraction"):
+        digits_dataset(test_fraction=1.0)
+
+
+def test_flow_study_cli(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["flow", "--task", "digits", "--out", str(out), "--updates", "30", "--budget", "20",
+            "--seed-time", "0.5", "--seed-budget", "20", "--methods", "adam", "flow-bdf",
+            "seed", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "flow-bdf" in printed and "wrote" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    adam, bdf, seed = summary["adam"], summary["flow-bdf"], summary["seed"]
+    assert summary["task"]["target_loss"] == adam["final_train_loss"]
+    assert adam["learning_rate"] in flow_training.LEARNING_RATES and adam["grad_evals"] == 30
+    # BDF on the flow reaches Adam's 30-update loss, and its counts add up.
+    assert bdf["reached_target"] and bdf["stop_reason"] == "target_loss"
+    assert bdf["final_train_loss"] <= adam["final_train_loss"]
+    assert bdf["grad_evals"] == bdf["solver_stats"]["num_vf_evals"] > 0
+    assert bdf["hvp_evals"] > 0  # 1,210 parameters: Hessian-vector products, no dense H
+    # The seed's scipy solvers and stiffnode's BDF agree on the flow at the same tolerance.
+    for name in ("scipy_LSODA_fd", "scipy_BDF_fd", "scipy_zvode_fd", "scipy_BDF_autodiff"):
+        assert seed[name]["finished"], name
+        assert seed[name]["max_abs_diff_to_stiffnode"] < 1e-4, name
+    for name in ("table.md", "loss.png", "stiffness.png", "solver_stats.png", "history.json"):
+        assert (out / name).stat().st_size > 0, name
+    # Rerunning resumes: nothing is recomputed, the summary is unchanged.
+    before = (out / "summary.json").read_text()
+    assert main(args) == 0
+    assert (out / "summary.json").read_text() == before
+
+
+def test_flow_study_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        flow_training.run_study("mnist", tmp_path)
+    with pytest.raises(ValueError, match="unknown methods"):
+        flow_training.run_study("digits", tmp_path, methods=("adam", "lbfgs"))
