@@ -2,6 +2,7 @@
 explicit and stiff solvers, as an optax optimizer (`gradient_flow`)."""
 
 from .driver import FlowRun, run
+from .scipy_baseline import ScipyFlowResult, scipy_gradient_flow
 from .transform import (
     FLOW_STAT_KEYS,
     MAX_DENSE_PARAMS,
@@ -20,7 +21,9 @@ from .vector_field import (
 
 __all__ = [
     "FlowRun",
+    "ScipyFlowResult",
     "run",
+    "scipy_gradient_flow",
     "FLOW_STAT_KEYS",
     "MAX_DENSE_PARAMS",
     "GradientFlowField",

@@ -28,7 +28,8 @@ class FlowRun:
     update (`history[name]` is a list): `update`, `loss` and `grad_norm` (before the
     update), `wall_time` (cumulative seconds, after compilation, monitoring excluded),
     `grad_evals` (cumulative gradient evaluations inside the updates: one per update for
-    ordinary optimizers, the solver's count for `gradient_flow`), and for the flow
+    ordinary optimizers, the solver's count for `gradient_flow`, -1 where the solver does
+    not count them, as diffrax's Kvaerno), and for the flow
     `flow_time` and the solver's cumulative statistics (`FLOW_STAT_KEYS`); when asked,
     `hessian_min`/`hessian_max` and the metrics of `eval_fn` (None in the rows where they
     were not measured). All lists have the same length."""
@@ -189,7 +190,9 @@ def run(
             params = new_params
             wall += elapsed
             flow = _flow_state(opt_state)
-            grad_evals += int(flow.window_stats["num_vf_evals"]) if is_flow else 1
+            step_evals = int(flow.window_stats["num_vf_evals"]) if is_flow else 1
+            # A solver that does not count its gradients (NOT_COUNTED, -1) makes the total -1.
+            grad_evals = -1 if min(grad_evals, step_evals) < 0 else grad_evals + step_evals
             _check_finite(params, k)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3e}")
