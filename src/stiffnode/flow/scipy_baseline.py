@@ -291,15 +291,16 @@ def _stopped_message(t: float) -> str:
     return f"stopped: max_wall_time exceeded at t={t:.6g}"
 
 
+def _saves_at_zero(ts_req, theta0) -> tuple[list, list, int]:
+    """The saves requested at t = 0 (the initial state), and the index of the next one."""
+    k = int(np.sum(np.asarray(ts_req) == 0.0))
+    return [0.0] * k, [theta0.copy() for _ in range(k)], k
+
+
 def _run_solve_ivp(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dict:
     """Step a `solve_ivp` solver class to `t1` exactly as `solve_ivp` does, keeping the last
     accepted `(t, y)` so that a stop inside a step returns a state the solver accepted."""
-    ts, thetas = [], []
-    k = 0
-    while k < len(ts_req) and ts_req[k] == 0.0:
-        ts.append(0.0)
-        thetas.append(theta0.copy())
-        k += 1
+    ts, thetas, k = _saves_at_zero(ts_req, theta0)
     t, y = 0.0, theta0.copy()
     kwargs = {} if method == "RK45" else {"jac": fns.jac if fns.hess is not None else None}
     solver_cls = getattr(scipy.integrate, method)
@@ -348,12 +349,7 @@ def _run_ode(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dict:
     # Where VODE/ZVODE report NST, NJE, NLU in `iwork` (0-based; ZVODE has LENZW before NLU).
     nlu_index = 19 if is_complex else 18
 
-    ts, thetas = [], []
-    k = 0
-    while k < len(ts_req) and ts_req[k] == 0.0:
-        ts.append(0.0)
-        thetas.append(theta0.copy())
-        k += 1
+    ts, thetas, k = _saves_at_zero(ts_req, theta0)
     t, y = 0.0, theta0.copy()
     out = {"num_steps": 0}
     finished, message = False, ""
