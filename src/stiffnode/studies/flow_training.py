@@ -20,7 +20,6 @@ methods already there), `history.json`, `table.md` and PNGs.
 """
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -186,12 +185,16 @@ def _entry(task: FlowTask, result, target: float | None, kind: str, **extra) -> 
 
 
 def _tune(task, name, updates):
-    """The learning rate of `LEARNING_RATES` with the lowest final train loss."""
+    """The learning rate of `LEARNING_RATES` with the lowest final train loss (rates whose
+    run diverged to a non-finite loss are left out)."""
     best = None
     for lr in LEARNING_RATES:
-        r = run(task.loss, task.params, OPTIMIZERS[name](lr), max_updates=updates)
+        try:
+            r = run(task.loss, task.params, OPTIMIZERS[name](lr), max_updates=updates)
+        except FloatingPointError:
+            continue
         final = r.history["loss"][-1]
-        if math.isfinite(final) and (best is None or final < best[1]):
+        if best is None or final < best[1]:
             best = (lr, final, r)
     return best
 
