@@ -52,6 +52,8 @@ class ScipyFlowResult:
         num_lu: LU factorisations, -1 where the solver does not report them.
         num_steps: accepted steps.
         wall_time: seconds spent in the solve (perf_counter), JIT compilation excluded.
+        wall_time_to_t: seconds until the step that reached `t` was accepted (`wall_time`
+            when finished): a stopped run's time to the point it reached.
         method, jacobian: as passed.
         message: how the solve ended.
     """
@@ -69,6 +71,7 @@ class ScipyFlowResult:
     num_lu: int
     num_steps: int
     wall_time: float
+    wall_time_to_t: float
     method: str
     jacobian: str
     message: str
@@ -87,6 +90,7 @@ class ScipyFlowResult:
             "num_lu": int(self.num_lu),
             "num_steps": int(self.num_steps),
             "wall_time": float(self.wall_time),
+            "wall_time_to_t": float(self.wall_time_to_t),
             "message": str(self.message),
         }
 
@@ -128,10 +132,19 @@ class _Counted:
         self.num_grad_evals = 0
         self.num_jac_evals = 0
         self.deadline: float | None = None
+        # VODE/ZVODE (Fortran through f2py) cannot be unwound from inside a callback: an
+        # exception raised in their finite-difference Jacobian loop killed the interpreter
+        # (4,281 parameters). They check the deadline between steps only.
+        self.check_in_callbacks = True
+        self.accepted_at: float | None = None  # perf_counter when the last step was accepted
 
     def _check_time(self):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             raise _WallTimeExceeded
+
+    def _check_time_in_callback(self):
+        if self.check_in_callbacks:
+            self._check_time()
 
     def _jax_in(self, y):
         # A numpy array of the parameters' dtype goes to the jitted function as is: same
@@ -142,12 +155,12 @@ class _Counted:
         return -np.asarray(a, dtype=np.complex128 if self.is_complex else np.float64)
 
     def rhs(self, t, y):
-        self._check_time()
+        self._check_time_in_callback()
         self.num_grad_evals += 1
         return self._out(self.grad(self._jax_in(y)))
 
     def jac(self, t, y):
-        self._check_time()
+        self._check_time_in_callback()
         self.num_jac_evals += 1
         return self._out(self.hess(self._jax_in(y)))
 
@@ -194,8 +207,9 @@ def scipy_gradient_flow(
         Increasing times in [0, t1] at which to save the flat parameters and the loss (scipy's
         dense output, or VODE's interpolation).
     max_wall_time
-        Seconds after which to stop (checked at every right-hand side call and every step);
-        the result then has `finished=False` and the last accepted step's time and state.
+        Seconds after which to stop (checked at every right-hand side call and every step;
+        vode/zvode at every step only, so they may overrun by one step); the result then has
+        `finished=False` and the last accepted step's time and state.
     loss_args
         Extra arguments of `loss_fn`; their arrays are traced, the rest held fixed.
 
@@ -260,8 +274,10 @@ def scipy_gradient_flow(
     start = time.perf_counter()
     if max_wall_time is not None:
         fns.deadline = start + max_wall_time
+    fns.accepted_at = start
     out = run(fns, method, theta0, t1, rtol, atol, ts_req)
     wall_time = time.perf_counter() - start
+    wall_time_to_t = wall_time if out["finished"] else fns.accepted_at - start
 
     def loss_at(theta):
         return float(loss_jit(jnp.asarray(theta, dtype=dtype), args_dyn))
@@ -281,6 +297,7 @@ def scipy_gradient_flow(
         num_lu=int(out["num_lu"]),
         num_steps=int(out["num_steps"]),
         wall_time=wall_time,
+        wall_time_to_t=wall_time_to_t,
         method=method,
         jacobian=jacobian,
         message=out["message"],
@@ -317,6 +334,7 @@ def _run_solve_ivp(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dic
                 break
             out["num_steps"] += 1
             t, y = solver.t, solver.y.copy()
+            fns.accepted_at = time.perf_counter()
             if k < len(ts_req) and ts_req[k] <= t:
                 dense = solver.dense_output()
                 while k < len(ts_req) and ts_req[k] <= t:
@@ -343,6 +361,7 @@ def _run_ode(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dict:
     is_complex = method == "zvode"
     y0 = theta0.astype(np.complex128) if is_complex else theta0.copy()
     has_jac = fns.hess is not None
+    fns.check_in_callbacks = False
     solver = scipy.integrate.ode(fns.rhs, fns.jac if has_jac else None)
     solver.set_integrator(method, method="bdf", with_jacobian=True, rtol=rtol, atol=atol)
     solver.set_initial_value(y0, 0.0)
@@ -383,6 +402,7 @@ def _run_ode(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dict:
                     finished, message = True, "reached t1"
                     break
                 t, y = t_new, np.real(y_new).copy()
+                fns.accepted_at = time.perf_counter()
         except _WallTimeExceeded:
             message = _stopped_message(t)
     if iwork is not None:
