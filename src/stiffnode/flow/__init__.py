@@ -13,6 +13,7 @@ from .transform import (
 from .vector_field import (
     GradientFlowField,
     LossFn,
+    dense_hessian,
     flat_loss,
     hessian,
     hessian_extremes,
@@ -29,6 +30,7 @@ __all__ = [
     "GradientFlowField",
     "GradientFlowState",
     "LossFn",
+    "dense_hessian",
     "flat_loss",
     "flow_solver",
     "gradient_flow",

@@ -28,6 +28,8 @@ import scipy.integrate
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Float, PyTree
 
+from .vector_field import dense_hessian
+
 SOLVE_IVP_METHODS = ("LSODA", "BDF", "Radau", "RK45")
 ODE_METHODS = ("vode", "zvode")
 METHODS = SOLVE_IVP_METHODS + ODE_METHODS
@@ -197,8 +199,8 @@ def scipy_gradient_flow(
         systems (n >= 2), as if explicit; ZVODE does not.
     jacobian
         "fd": no Jacobian is passed, scipy forms it by finite differences of the right-hand
-        side. "autodiff": the Jacobian `-H` from a jitted dense `jax.hessian` of the loss
-        (`n x n`, for small models). RK45 uses no Jacobian and accepts only "fd".
+        side. "autodiff": the Jacobian `-H` from a jitted dense Hessian of the loss
+        (`dense_hessian`, `n x n`, for small models). RK45 uses no Jacobian and accepts only "fd".
     rtol, atol
         scipy's local error control, per parameter (not on the loss): a weighted norm (RMS;
         the max norm in LSODA) of each step's error estimate `e_i / (atol + rtol |theta_i|)`
@@ -254,7 +256,11 @@ def scipy_gradient_flow(
 
     loss_jit = jax.jit(flat_loss)
     grad_jit = jax.jit(jax.grad(flat_loss))
-    hess_jit = jax.jit(jax.hessian(flat_loss)) if jacobian == "autodiff" else None
+    hess_jit = (
+        jax.jit(lambda x, a: dense_hessian(lambda z: flat_loss(z, a), x))
+        if jacobian == "autodiff"
+        else None
+    )
 
     x0 = jnp.asarray(theta0, dtype=dtype)
     loss0 = loss_jit(x0, args_dyn)
