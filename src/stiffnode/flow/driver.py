@@ -39,9 +39,6 @@ class FlowRun:
     history: dict[str, list] = field(default_factory=dict)
     compile_time: float = 0.0
 
-    def last(self, name: str):
-        return self.history[name][-1] if self.history.get(name) else None
-
 
 def _flow_state(opt_state) -> GradientFlowState | None:
     leaves = jtu.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, GradientFlowState))
@@ -196,7 +193,6 @@ def run(
             _check_finite(params, k)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3e}")
-            result.params = params
             if checkpoint is not None:
                 result.history = history
                 _save(checkpoint, params, opt_state, result, (k + 1, wall, grad_evals))

@@ -24,7 +24,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.integrate
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Float, PyTree
 
@@ -326,6 +325,8 @@ def _run_solve_ivp(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dic
     ts, thetas, k = _saves_at_zero(ts_req, theta0)
     t, y = 0.0, theta0.copy()
     kwargs = {} if method == "RK45" else {"jac": fns.jac if fns.hess is not None else None}
+    import scipy.integrate  # here, not at import time: `stiffnode` imports this module
+
     solver_cls = getattr(scipy.integrate, method)
     out = {"num_jac_evals": 0, "num_lu": -1 if method == "RK45" else 0, "num_steps": 0}
     finished, message = False, ""
@@ -368,6 +369,8 @@ def _run_ode(fns: _Counted, method, theta0, t1, rtol, atol, ts_req) -> dict:
     y0 = theta0.astype(np.complex128) if is_complex else theta0.copy()
     has_jac = fns.hess is not None
     fns.check_in_callbacks = False
+    import scipy.integrate
+
     solver = scipy.integrate.ode(fns.rhs, fns.jac if has_jac else None)
     solver.set_integrator(method, method="bdf", with_jacobian=True, rtol=rtol, atol=atol)
     solver.set_initial_value(y0, 0.0)
