@@ -34,14 +34,15 @@ def test_digits_dataset_is_a_shuffled_split_of_sklearns():
 def test_flow_study_cli(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["flow", "--task", "digits", "--out", str(out), "--updates", "30", "--budget", "20",
-            "--methods", "adam", "flow-bdf", "--quiet"]
+            "--methods", "adam", "flow-bdf", "--learning-rates", "0.03", "0.1", "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "flow-bdf" in printed and "wrote" in printed
     summary = json.loads((out / "summary.json").read_text())
     adam, bdf = summary["adam"], summary["flow-bdf"]
     assert summary["task"]["target_loss"] == adam["final_train_loss"]
-    assert adam["learning_rate"] in flow_training.LEARNING_RATES and adam["grad_evals"] == 30
+    assert adam["learning_rates_tried"] == [0.03, 0.1] and adam["grad_evals"] == 30
+    assert adam["learning_rate"] in (0.03, 0.1)
     # BDF on the flow reaches Adam's 30-update loss, and its counts add up.
     assert bdf["reached_target"] and bdf["stop_reason"] == "target_loss"
     assert bdf["final_train_loss"] <= adam["final_train_loss"]

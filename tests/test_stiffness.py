@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import stiffnode as sn  # noqa: E402
 from stiffnode import stiffness as st  # noqa: E402
 
+
 def _with_spectrum(eigs, n, seed=0):
     """A real nonnormal n x n matrix with the given eigenvalues (conjugate pairs as 2x2)."""
     rng = np.random.default_rng(seed)

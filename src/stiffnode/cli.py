@@ -148,6 +148,9 @@ def _add_flow_parser(commands):
                       help="wall seconds per scipy run (default 120)")
     flow.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                       help="subset of: sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf seed")
+    flow.add_argument("--learning-rates", type=float, nargs="+", default=None, metavar="LR",
+                      help="learning rates tried for SGD, momentum and Adam "
+                      "(default 1e-3 3e-3 ... 3)")
     flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     flow.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -365,7 +368,8 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
 
         run_flow_study(args.task, args.out, updates=args.updates, budget=args.budget,
                        seed_time=args.seed_time, seed_budget=args.seed_budget,
-                       methods=args.methods, seed=args.seed, progress=not args.quiet)
+                       methods=args.methods, learning_rates=args.learning_rates,
+                       seed=args.seed, progress=not args.quiet)
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

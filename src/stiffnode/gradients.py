@@ -81,6 +81,12 @@ def node_gradient(
     if not isinstance(max_steps, int) or max_steps < num_steps:
         raise ValueError(f"max_steps must be an int >= num_steps, got {max_steps!r}")
     dt0 = jnp.asarray(node.T / num_steps)
+    return _node_gradient(node, loss_fn, x, y, dt0, adjoint, solver, max_steps)
+
+
+@eqx.filter_jit
+def _node_gradient(node, loss_fn, x, y, dt0, adjoint, solver, max_steps):
+    """`node_gradient`, compiled once per (structure, loss, adjoint, solver, max_steps)."""
 
     def loss(model):
         prediction = model(

@@ -185,11 +185,11 @@ def _entry(task: FlowTask, result, target: float | None, kind: str, **extra) -> 
     return entry
 
 
-def _tune(task, name, updates):
-    """The learning rate of `LEARNING_RATES` with the lowest final train loss (rates whose
+def _tune(task, name, updates, learning_rates):
+    """The learning rate of `learning_rates` with the lowest final train loss (rates whose
     run diverged to a non-finite loss are left out)."""
     best = None
-    for lr in LEARNING_RATES:
+    for lr in learning_rates:
         try:
             r = run(task.loss, task.params, OPTIMIZERS[name](lr), max_updates=updates)
         except FloatingPointError:
@@ -200,10 +200,22 @@ def _tune(task, name, updates):
     return best
 
 
-def _seed_comparison(task, seed_time, budget, out: dict[str, Any], save: Callable[[], None]):
-    """scipy with the seed's tolerances vs stiffnode's BDF on the same flow to `seed_time`,
-    into `out`, saved after each method (the methods already in `out` are skipped)."""
-    if all(f"scipy_{m}_{j}" in out for m, j in SCIPY_METHODS):
+def seed_comparison(
+    task: FlowTask,
+    seed_time: float,
+    budget: float,
+    out: dict[str, Any],
+    save: Callable[[], None],
+    methods: tuple[tuple[str, str], ...] = SCIPY_METHODS,
+) -> None:
+    """scipy with the seed's tolerances vs stiffnode's BDF on the same flow to `seed_time`.
+
+    Each `(method, jacobian)` of `methods` (see `scipy_gradient_flow`) gets `budget` wall
+    seconds; a run that does not finish is compared with stiffnode's BDF timed to the flow
+    time it reached. Results go into `out` under `scipy_<method>_<jacobian>`, and `save()` is
+    called after each method; methods already in `out` are skipped (resume).
+    """
+    if all(f"scipy_{m}_{j}" in out for m, j in methods):
         return
     out.update(rtol=SEED_RTOL, atol=SEED_ATOL, flow_time=seed_time)
     field = GradientFlowField(task.loss)
@@ -228,7 +240,7 @@ def _seed_comparison(task, seed_time, budget, out: dict[str, Any], save: Callabl
     end, stats, wall = timed_jax(seed_time)
     out["stiffnode_bdf"] = {"wall_time": wall, "stats": stats, "final_loss": float(task.loss(end))}
     flat_end = np.asarray(ravel_pytree(end)[0])
-    for method, jac in SCIPY_METHODS:
+    for method, jac in methods:
         name = f"scipy_{method}_{jac}"
         if name in out:
             continue
@@ -264,6 +276,7 @@ def run_study(
     seed_time: float = 1.0,
     seed_budget: float = 60.0,
     methods: tuple[str, ...] | None = None,
+    learning_rates: tuple[float, ...] | None = None,
     seed: int = 0,
     progress: bool = True,
     plot: bool = True,
@@ -271,7 +284,8 @@ def run_study(
     """Run the comparison on `task` ("digits" or "alpine02") and write `out/`.
 
     Args:
-        updates: updates for SGD, momentum and Adam (each tuned over `LEARNING_RATES`).
+        updates: updates for SGD, momentum and Adam, each tuned over `learning_rates`
+            (default `LEARNING_RATES`; the one with the lowest final train loss is kept).
         budget: wall seconds allowed to each flow solver to reach Adam's loss.
         seed_time: flow time of the seed-setting comparison; `seed_budget` the wall seconds
             allowed to each scipy run there.
@@ -280,6 +294,9 @@ def run_study(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
+    learning_rates = tuple(float(lr) for lr in (learning_rates or LEARNING_RATES))
+    if not learning_rates or not all(lr > 0 and np.isfinite(lr) for lr in learning_rates):
+        raise ValueError(f"learning_rates must be positive and finite, got {learning_rates}")
     all_methods = (*OPTIMIZERS, *(f"flow-{s}" for s in FLOW_SOLVERS), "seed")
     methods = all_methods if methods is None else tuple(methods)
     unknown = set(methods) - set(all_methods)
@@ -312,7 +329,7 @@ def run_study(
         for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
             if name in summary:
                 continue
-            lr, _, r = _tune(ftask, name, updates)
+            lr, _, r = _tune(ftask, name, updates, learning_rates)
             save(
                 name,
                 _entry(
@@ -321,7 +338,7 @@ def run_study(
                     None,
                     "optax",
                     learning_rate=lr,
-                    learning_rates_tried=list(LEARNING_RATES),
+                    learning_rates_tried=list(learning_rates),
                 ),
                 r.history,
             )
@@ -386,7 +403,7 @@ def run_study(
             )
         if "seed" in methods:
             seed_entry = summary.setdefault("seed", {})
-            _seed_comparison(
+            seed_comparison(
                 ftask, seed_time, seed_budget, seed_entry, lambda: save("seed", seed_entry)
             )
     if plot:

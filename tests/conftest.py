@@ -1,0 +1,31 @@
+"""The slow tests first.
+
+Under xdist, tests are handed out in collection order; the few long ones (notebooks,
+command-line studies) would otherwise start last and leave one worker running alone at
+the end. They are moved to the front, longest first (their durations as measured on a
+2-core machine).
+"""
+
+# Test id prefixes of the long tests, longest first.
+_LONG_FIRST = (
+    "test_notebooks.py::",
+    "test_flow_study.py::test_flow_study_cli",
+    "test_study.py::test_study_cli",
+    "test_time_series.py::test_neural_ode_fits",
+    "test_data_train_cli.py::test_cli_demo",
+    "test_study.py::test_vmapped_trials",
+    "test_study.py::test_penalty_reduces",
+    "test_cnf.py::test_maximum_likelihood",
+    "test_readme.py::",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        nodeid = item.nodeid.split("/")[-1]
+        for i, prefix in enumerate(_LONG_FIRST):
+            if nodeid.startswith(prefix):
+                return i
+        return len(_LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
