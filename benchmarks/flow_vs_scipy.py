@@ -35,7 +35,7 @@ from stiffnode.studies.flow_training import SEED_ATOL, SEED_RTOL, digits_task, s
 
 OUT = Path(RESULTS) / "flow_vs_scipy.json"
 HIDDEN = (16, 32, 64, 128)
-FLOW_TIME = 50.0
+FLOW_TIME = 2000.0
 BUDGET = 120.0
 METHODS = (("LSODA", "fd"), ("BDF", "fd"), ("vode", "fd"))
 

@@ -13,7 +13,8 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from ._validation import positive_int
-from .solvers import BDF, BDFController, JumpAwareSolver, initial_step_size
+from .solvers import BDF, BDFController, JumpAwareSolver, Rodas3, initial_step_size
+from .solvers.bdf import _NewtonTolerances
 from .stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
@@ -54,7 +55,11 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "kencarp5": _with_newton(diffrax.KenCarp5),
     "bdf": BDF,
     "ndf": lambda: BDF(ndf=True),
+    "rodas3": Rodas3,
 }
+
+# Solvers that choose their own steps and report their work to a BDFController.
+_SELF_CONTROLLED = (BDF, Rodas3)
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
 """The solver names `solve` accepts (case-insensitive)."""
@@ -232,7 +237,7 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
         return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
     adaptive_solver = isinstance(solver, diffrax.AbstractAdaptiveSolver)
-    if isinstance(solver, BDF) and stepsize_controller is None:
+    if isinstance(solver, _SELF_CONTROLLED) and stepsize_controller is None:
         stepsize_controller = "bdf"
     if stepsize_controller is None:
         stepsize_controller = "pid" if adaptive_solver else "constant"
@@ -244,10 +249,10 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
             )
         grid = _fixed_step_grid(t0, t1, dt0, dtype, max_steps)
         return (diffrax.ConstantStepSize() if grid is None else diffrax.StepTo(grid)), None
-    if isinstance(solver, BDF) != (stepsize_controller == "bdf"):
+    if isinstance(solver, _SELF_CONTROLLED) != (stepsize_controller == "bdf"):
         raise ValueError(
             f"stepsize_controller={stepsize_controller!r} with {type(solver).__name__}: BDF "
-            "chooses its own steps and orders (leave stepsize_controller=None, or use "
+            "and Rodas3 choose their own steps (leave stepsize_controller=None, or use "
             "'constant' with dt0, or a solvers.BDFController)"
         )
     if stepsize_controller == "bdf":
@@ -335,7 +340,7 @@ def solve(
         max_steps: step budget (accepted plus rejected); exhausting it is an error.
         stepsize_controller: `"pid"` (default when the solver has an error estimate),
             `"constant"` (fixed steps of `dt0`; default otherwise), or a diffrax controller.
-            BDF/NDF choose their own steps and orders: for them the default (None) is
+            BDF/NDF and Rodas3 choose their own steps: for them the default (None) is
             `solvers.BDFController(rtol, atol)`, and `"pid"` is an error.
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
@@ -380,8 +385,14 @@ def solve(
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
-    if named and fixed_steps and isinstance(solver, diffrax.AbstractImplicitSolver):
-        # Fixed steps: the Newton iterations take their tolerances from rtol/atol.
+    unset_tolerances = isinstance(solver, _SELF_CONTROLLED) and isinstance(
+        solver.root_finder, _NewtonTolerances
+    ) and not isinstance(solver.root_finder.rtol, float | int)
+    if (named or unset_tolerances) and fixed_steps and isinstance(
+        solver, diffrax.AbstractImplicitSolver
+    ):
+        # Fixed steps: the Newton iterations (and Rodas3's unused error test) take their
+        # tolerances from rtol/atol.
         root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
         solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
     stepping_solver = solver

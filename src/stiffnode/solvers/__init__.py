@@ -4,6 +4,7 @@ from .bdf import BDF, BDFInterpolation, BDFState
 from .bdf_controller import STAT_KEYS, BDFController, BDFStats, BDFStepReport
 from .initial_step import initial_step_size
 from .jump_aware import JumpAwareSolver
+from .rosenbrock import RODAS3, Rodas3, RosenbrockTableau
 
 __all__ = [
     "BDF",
@@ -14,5 +15,8 @@ __all__ = [
     "BDFStats",
     "BDFStepReport",
     "JumpAwareSolver",
+    "RODAS3",
+    "Rodas3",
+    "RosenbrockTableau",
     "initial_step_size",
 ]

@@ -1,0 +1,210 @@
+"""Rosenbrock (linearly implicit) methods for stiff ODEs: no Newton iteration.
+
+An s-stage Rosenbrock method solves s linear systems with one matrix per step
+(Hairer & Wanner, "Solving ODEs II", IV.7, in the form without products by `J`):
+
+    (I / (h gamma) - J) K_i = f(t0 + alpha_i h, y0 + sum_{j<i} a_ij K_j)
+                              + sum_{j<i} (c_ij / h) K_j + gamma_i h df/dt(t0, y0),
+    y1 = y0 + sum_i m_i K_i,        error estimate  sum_i e_i K_i,
+
+with `J = df/dy(t0, y0)` exact (a Rosenbrock method's order needs the exact Jacobian). The
+matrix is either formed (`jax.jacfwd`) and LU-factorised once per step, or never formed:
+each stage is a GMRES solve (`solvers.krylov.gmres`, stopped at `gmres_rtol`) on
+Jacobian-vector products at `(t0, y0)`. A gradient flow's `J` is minus the Hessian, so the
+latter costs Hessian-vector products only. The solves are `jax.lax.custom_linear_solve`s,
+so reverse-mode gradients through a solve work on both paths.
+
+Like `BDF`, the solver decides acceptance and the next step itself and reports its work to
+`BDFController` (`stiffnode.solve(..., solver="rodas3")` pairs them): a step is accepted
+when `||err_i / (atol + rtol max(|y0_i|, |y1_i|))||_rms <= 1`, and the next step is
+`h * clip(0.9 err^(-1/3), 0.2, 6)` (at most `h` after a rejection).
+"""
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .bdf import _FROM_CONTROLLER, _NewtonTolerances
+from .bdf_controller import BDFStepReport
+from .krylov import gmres
+
+MIN_FACTOR = 0.2
+MAX_FACTOR = 6.0
+SAFETY = 0.9
+
+
+class RosenbrockTableau(eqx.Module):
+    """Coefficients of the form above: `a`, `c` strictly lower triangular (s x s);
+    `new_f[i]` False when stage i reuses stage i-1's evaluation (its `a` row is equal)."""
+
+    gamma: float
+    a: np.ndarray
+    c: np.ndarray
+    m: np.ndarray
+    e: np.ndarray
+    alpha: np.ndarray
+    gammas: np.ndarray  # gamma_i = sum_j gamma_ij, the df/dt weights
+    new_f: tuple[bool, ...]
+    order: int
+    error_order: int  # of the error estimate: min(order, embedded order) + 1
+
+
+# Sandu et al., "Benchmarking stiff ODE solvers for atmospheric chemistry problems II:
+# Rosenbrock solvers", Atmos. Environ. 31 (1997): 4 stages (3 evaluations of f), order 3,
+# embedded order 2, stiffly accurate and L-stable.
+RODAS3 = RosenbrockTableau(
+    gamma=0.5,
+    a=np.array([[0, 0, 0, 0], [0, 0, 0, 0], [2, 0, 0, 0], [2, 0, 1, 0]], float),
+    c=np.array([[0, 0, 0, 0], [4, 0, 0, 0], [1, -1, 0, 0], [1, -1, -8 / 3, 0]], float),
+    m=np.array([2, 0, 1, 1], float),
+    e=np.array([0, 0, 0, 1], float),
+    alpha=np.array([0, 0, 1, 1], float),
+    gammas=np.array([0.5, 1.5, 0, 0], float),
+    new_f=(True, False, True, True),
+    order=3,
+    error_order=3,
+)
+
+
+class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
+    """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 (module docstring).
+
+    Use with `BDFController(rtol, atol)` (tolerances, first step, statistics), as `BDF`.
+
+    Args:
+        linear_solver: `"lu"` (dense Jacobian by jacfwd, one LU per step) or `"gmres"`
+            (matrix-free: GMRES on Jacobian-vector products; each counted in
+            `num_jvp_evals`).
+        gmres_rtol: relative residual tolerance of each stage's GMRES solve. Unlike in a
+            Newton iteration, a stage's solve error is not corrected later: it enters `y1`
+            directly, so keep it below the step's local error tolerance.
+        gmres_restart: GMRES restart length.
+        autonomous: `f` does not depend on `t`: the `df/dt` term (one more JVP per step)
+            is skipped. With `False` it is computed by forward-mode autodiff in `t`.
+        root_finder: where the tolerances come from (as for `BDF`): by default the step-size
+            controller; under fixed steps any object with `rtol`, `atol`, `norm`.
+    """
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
+        diffrax.LocalLinearInterpolation
+    )
+    tableau: ClassVar[RosenbrockTableau] = RODAS3
+
+    linear_solver: Literal["lu", "gmres"] = eqx.field(default="lu", static=True)
+    gmres_rtol: float = eqx.field(default=1e-6, static=True)
+    gmres_restart: int = eqx.field(default=30, static=True)
+    autonomous: bool = eqx.field(default=False, static=True)
+    root_finder: object = _NewtonTolerances()
+    root_find_max_steps: int = eqx.field(default=0, static=True)  # no Newton iteration
+
+    def __check_init__(self):
+        if self.linear_solver not in ("lu", "gmres"):
+            raise ValueError(f"linear_solver must be 'lu' or 'gmres', got {self.linear_solver!r}")
+        if not (isinstance(self.gmres_rtol, float | int) and 0 < self.gmres_rtol < 1):
+            raise ValueError(f"gmres_rtol must be in (0, 1), got {self.gmres_rtol!r}")
+
+    def order(self, terms):
+        return self.tableau.order
+
+    def error_order(self, terms):
+        return self.tableau.error_order
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del made_jump  # one-step method: nothing carried over
+        rtol, atol, norm = self.root_finder.rtol, self.root_finder.atol, self.root_finder.norm
+        if rtol is _FROM_CONTROLLER:
+            raise ValueError(
+                f"stiffnode.solvers.{type(self).__name__} takes its tolerances from the "
+                "step-size controller: use stepsize_controller="
+                "stiffnode.solvers.BDFController(rtol=..., atol=...)"
+            )
+        tab = self.tableau
+        flat_y0, unravel = ravel_pytree(y0)
+        dtype = flat_y0.dtype
+        h = (t1 - t0).astype(dtype)
+
+        def fn(t, y):
+            return ravel_pytree(terms.vf(t, unravel(y), args))[0]
+
+        if self.linear_solver == "lu":
+            f0 = fn(t0, flat_y0)
+        else:
+            f0, jvp = jax.linearize(lambda y: fn(t0, y), flat_y0)
+        num_jvp = jnp.array(0, jnp.int32)
+        if self.autonomous:
+            f_t = jnp.zeros_like(flat_y0)
+        else:
+            f_t = jax.jvp(lambda t: fn(t, flat_y0), (t0,), (jnp.ones_like(t0),))[1]
+            num_jvp = num_jvp + 1
+        c = h * tab.gamma  # the systems are (I - c J) K = c rhs
+        if self.linear_solver == "lu":
+            jac = jax.jacfwd(lambda y: fn(t0, y))(flat_y0)
+            factors = jsl.lu_factor(jnp.eye(jac.shape[0], dtype=dtype) - c * jac)
+
+            def solve(rhs):
+                return jsl.lu_solve(factors, c * rhs), jnp.array(0, jnp.int32)
+
+        else:
+
+            def matvec(v):
+                return v - c * jvp(v)
+
+            def krylov(mv, b):
+                sol = gmres(mv, b, rtol=self.gmres_rtol, restart=self.gmres_restart)
+                return sol.x, sol.num_matvecs
+
+            def solve(rhs):
+                return jax.lax.custom_linear_solve(
+                    matvec, c * rhs, krylov, transpose_solve=krylov, has_aux=True
+                )
+
+        ks = []
+        f_i = f0
+        for i in range(len(tab.m)):
+            if i > 0 and tab.new_f[i]:
+                y_i = flat_y0 + sum(tab.a[i, j] * ks[j] for j in range(i) if tab.a[i, j])
+                f_i = fn(t0 + tab.alpha[i] * h, y_i)
+            rhs = f_i + sum((tab.c[i, j] / h) * ks[j] for j in range(i) if tab.c[i, j])
+            if tab.gammas[i] and not self.autonomous:
+                rhs = rhs + (tab.gammas[i] * h) * f_t
+            k_i, used = solve(rhs)
+            ks.append(k_i)
+            num_jvp = num_jvp + used
+        y_new = flat_y0 + sum(tab.m[i] * ks[i] for i in range(len(ks)) if tab.m[i])
+        err = sum(tab.e[i] * ks[i] for i in range(len(ks)) if tab.e[i])
+        scale = atol + rtol * jnp.maximum(jnp.abs(flat_y0), jnp.abs(y_new))
+        error_norm = jax.lax.stop_gradient(norm(err / scale))
+        finite = jnp.isfinite(error_norm) & jnp.all(jnp.isfinite(y_new))
+        accepted = finite & (error_norm <= 1)
+        factor = SAFETY * error_norm ** (-1.0 / tab.error_order)
+        factor = jnp.where(finite, factor, MIN_FACTOR)
+        factor = jnp.clip(factor, MIN_FACTOR, jnp.where(accepted, MAX_FACTOR, 1.0))
+        evaluations = 1 + sum(tab.new_f[1:])
+        report = BDFStepReport.of(
+            accepted=accepted,
+            next_dt=jax.lax.stop_gradient(jnp.abs(h) * factor),
+            order=tab.order,
+            num_vf_evals=evaluations,
+            num_jac_evals=int(self.linear_solver == "lu"),
+            num_jvp_evals=num_jvp,
+            num_lu_decompositions=int(self.linear_solver == "lu"),
+            num_newton_iters=0,
+            newton_failure=False,
+            error_test_failure=~accepted,
+        )
+        y1 = unravel(y_new)
+        return y1, report, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful

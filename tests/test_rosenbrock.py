@@ -1,0 +1,133 @@
+"""stiffnode.solvers.Rodas3: order, stability, accuracy on standard stiff problems against
+stored Radau references, dense and matrix-free linear algebra, gradients, statistics, errors."""
+
+import json
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+
+import stiffnode as sn  # noqa: E402
+from stiffnode import problems  # noqa: E402
+from stiffnode.solvers import RODAS3, Rodas3  # noqa: E402
+
+REFERENCES = json.loads((Path(__file__).parent / "data" / "stiff_references.json").read_text())
+
+
+def _forced(t, y, args):
+    """`y' = -y + sin 3t`: non-autonomous, `y(t) = 1.3 e^-t + (sin 3t - 3 cos 3t) / 10`."""
+    return -y + jnp.sin(3 * t)
+
+
+def _forced_exact(t):
+    return 1.3 * np.exp(-t) + (np.sin(3 * t) - 3 * np.cos(3 * t)) / 10
+
+
+@pytest.mark.parametrize("linear_solver", ["lu", "gmres"])
+def test_third_order_convergence_with_fixed_steps(linear_solver):
+    solver = Rodas3(linear_solver=linear_solver, gmres_rtol=1e-12)
+    run = jax.jit(lambda dt0: sn.solve(_forced, jnp.array([1.0]), 0.0, 1.0, solver=solver,
+                                       dt0=dt0, stepsize_controller="constant", max_steps=80))
+    errors = [abs(float(run(1.0 / n).ys[-1, 0]) - _forced_exact(1.0)) for n in (10, 20, 40, 80)]
+    rates = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
+    assert np.all((rates > 2.8) & (rates < 3.2)), rates
+
+
+def _stability(z):
+    """`R(z)` and the error estimate's `E(z)` of the tableau on `y' = lambda y`, `z = h lambda`."""
+    t = RODAS3
+    ks = []
+    for i in range(4):
+        y_i = 1 + sum(t.a[i, j] * ks[j] for j in range(i))
+        ks.append((z * y_i + sum(t.c[i, j] * ks[j] for j in range(i))) / (1 / t.gamma - z))
+    return 1 + sum(t.m[i] * k for i, k in enumerate(ks)), sum(t.e[i] * k for i, k in enumerate(ks))
+
+
+def test_tableau_is_l_stable_and_third_order():
+    for z in (1e-2, 1e-3):  # R(z) - e^z = O(z^4)
+        assert abs(_stability(z)[0] - np.exp(z)) < 0.1 * z**4
+    for z in (-1.0, -10.0, -1e3, -1e6, 1j, -1 + 30j):
+        assert abs(_stability(z)[0]) <= 1
+    assert abs(_stability(-1e8)[0]) < 1e-7  # L-stable: R(-inf) = 0
+
+
+def test_one_huge_step_damps_a_stiff_mode():
+    """`y' = -1e6 (y - 1)`: a step of 1 lands on the equilibrium (R(-1e6) ~ -3e-6)."""
+    sol = sn.solve(lambda t, y, a: -1e6 * (y - 1), jnp.array([0.0]), 0.0, 1.0,
+                   solver="rodas3", dt0=1.0, stepsize_controller="constant", max_steps=1)
+    assert abs(float(sol.ys[-1, 0]) - 1) < 1e-5
+
+
+def _scaled_error(y, ref, p):
+    return float(np.max(np.abs(np.asarray(y) - ref) / (p.atol + p.rtol * np.abs(ref))))
+
+
+@pytest.mark.parametrize("name", ["robertson", "hires", "pollu"])
+@pytest.mark.parametrize("linear_solver", ["lu", "gmres"])
+def test_standard_problems_against_references(name, linear_solver):
+    """Final state against the stored tight Radau reference at the problem's standard
+    tolerances; the bar is scipy's Radau (another one-step method) at the same tolerances."""
+    p = getattr(problems, name)()
+    ref = np.asarray(REFERENCES[name]["y"])
+    solver = Rodas3(linear_solver=linear_solver, gmres_rtol=1e-8)
+    sol = sn.solve(p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, args=p.args, solver=solver,
+                   rtol=p.rtol, atol=p.atol, max_steps=50_000)
+    ours = _scaled_error(sol.ys[-1], ref, p)
+    radau = solve_ivp(problems.rhs_numpy(p), (p.t0, p.t1), p.y0, method="Radau", rtol=p.rtol,
+                      atol=p.atol, jac=problems.jac_numpy(p))
+    theirs = _scaled_error(radau.y[:, -1], ref, p)
+    assert ours <= 3 * theirs + 10, (name, ours, theirs)
+    stats = {k: int(v) for k, v in sol.stats.items() if k != "num_steps_per_order"}
+    attempts = stats["num_steps"]
+    assert attempts == stats["num_accepted_steps"] + stats["num_rejected_steps"]
+    assert stats["num_error_test_failures"] == stats["num_rejected_steps"]
+    # 3 evaluations per attempt (stage 2 reuses stage 1's) and 2 for the first step's choice.
+    assert stats["num_vf_evals"] == 3 * attempts + 2
+    assert stats["num_newton_iters"] == 0 and stats["num_newton_failures"] == 0
+    if linear_solver == "lu":
+        assert stats["num_jac_evals"] == stats["num_lu_decompositions"] == attempts
+        assert stats["num_jvp_evals"] == attempts  # df/dt, the problems take t
+    else:
+        assert stats["num_jac_evals"] == stats["num_lu_decompositions"] == 0
+        assert stats["num_jvp_evals"] > 4 * attempts  # df/dt plus >= 1 per stage solve
+
+
+def test_autonomous_skips_the_time_derivative_and_agrees():
+    p = problems.hires()
+    kw = dict(args=p.args, rtol=1e-6, atol=1e-9, max_steps=50_000)
+    full = sn.solve(p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, solver=Rodas3(), **kw)
+    auto = sn.solve(p.vector_field, jnp.asarray(p.y0), p.t0, p.t1,
+                    solver=Rodas3(autonomous=True), **kw)
+    np.testing.assert_allclose(auto.ys[-1], full.ys[-1], rtol=1e-12, atol=1e-15)
+    assert int(auto.stats["num_jvp_evals"]) == 0
+
+
+@pytest.mark.parametrize("linear_solver", ["lu", "gmres"])
+def test_gradient_matches_finite_differences(linear_solver):
+    solver = Rodas3(linear_solver=linear_solver, gmres_rtol=1e-12)
+
+    def loss(k):
+        sol = sn.solve(lambda t, y, a: jnp.stack([-a * y[0] + y[1] ** 2, -50.0 * y[1]]),
+                       jnp.array([1.0, 0.5]), 0.0, 1.0, args=k, solver=solver, dt0=0.1,
+                       stepsize_controller="constant", max_steps=10)
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    k = 0.7
+    g = jax.jit(jax.grad(loss))(k)
+    fd = jax.jit(lambda k: (loss(k + 1e-6) - loss(k - 1e-6)) / 2e-6)(k)
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="linear_solver"):
+        Rodas3(linear_solver="cg")
+    with pytest.raises(ValueError, match="gmres_rtol"):
+        Rodas3(gmres_rtol=0.0)
+    with pytest.raises(ValueError, match="choose their own steps"):
+        sn.solve(_forced, jnp.array([1.0]), 0.0, 1.0, solver="rodas3", stepsize_controller="pid")
