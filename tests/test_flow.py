@@ -109,6 +109,7 @@ QUADRATIC_CONFIGS = [
     ("bdf", "lu"),
     ("bdf", "gmres"),
     ("ndf", "auto"),
+    ("rodas3", "gmres"),
 ]
 
 
@@ -227,6 +228,16 @@ def test_flow_stats_matrix_free_bdf():
         # Hessian-vector products reuse one linearisation per Newton solve, whose gradient
         # evaluation is counted in num_vf_evals: every gradient call is counted, exactly.
         assert calls == w["num_vf_evals"], (calls, w)
+
+
+def test_flow_stats_matrix_free_rodas3():
+    r = _quadratic_run("rodas3", "gmres")
+    for w, calls in zip(r.window_stats, r.calls, strict=True):
+        assert w["num_jvp_evals"] >= 4 * w["num_steps"]  # at least one HVP per stage solve
+        assert w["num_jac_evals"] == w["num_lu_decompositions"] == w["num_newton_iters"] == 0
+        # One linearisation (its gradient) and two more stages per attempt, two for the
+        # first step's choice: every gradient call is counted, exactly.
+        assert calls == w["num_vf_evals"] == 3 * w["num_steps"] + 2, (calls, w)
 
 
 def test_flow_stats_kvaerno_not_counted_stays_not_counted():

@@ -126,9 +126,10 @@ def _add_flow_parser(commands):
     """`stiffnode flow`: gradient-flow training against optax (stiffnode.studies)."""
     flow = commands.add_parser(
         "flow",
-        help="training as an ODE: gradient flow (Tsit5, Kvaerno5, BDF) vs SGD/Adam vs scipy",
+        help="training as an ODE: gradient flow (Tsit5, Kvaerno5, BDF, Rodas3) vs SGD/Adam vs "
+        "scipy",
         description="Train with optax SGD, momentum and Adam (learning rates tuned on a grid) "
-        "and by solving the gradient flow dtheta/dt = -grad L with Tsit5, Kvaerno5 and BDF "
+        "and by solving the gradient flow dtheta/dt = -grad L with Tsit5, Kvaerno5, BDF and Rodas3 "
         "(Hessian-vector products) to Adam's final train loss; then the seed's setting: "
         "scipy LSODA/BDF/vode/zvode with finite-difference Jacobians (atol 1e-8, rtol 1e-6) "
         "against stiffnode's BDF on the same flow. Writes DIR/summary.json, history.json, "
@@ -147,7 +148,8 @@ def _add_flow_parser(commands):
     flow.add_argument("--seed-budget", type=float, default=120.0,
                       help="wall seconds per scipy run (default 120)")
     flow.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                      help="subset of: sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf seed")
+                      help="subset of: sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf "
+                      "flow-rodas3 seed")
     flow.add_argument("--learning-rates", type=float, nargs="+", default=None, metavar="LR",
                       help="learning rates tried for SGD, momentum and Adam "
                       "(default 1e-3 3e-3 ... 3)")

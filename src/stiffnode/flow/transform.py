@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
 from ..solve import get_solver, solve
-from ..solvers import BDF, STAT_KEYS
+from ..solvers import BDF, STAT_KEYS, Rodas3
 from ..stats import NOT_COUNTED
 from .vector_field import GradientFlowField, LossFn
 
@@ -25,7 +25,7 @@ FLOW_STAT_KEYS: tuple[str, ...] = (
 `num_vf_evals` counts gradient evaluations, `num_jac_evals` dense Hessians (or, matrix-free,
 linearisation points), `num_jvp_evals` Hessian-vector products."""
 
-STIFF_SOLVERS = ("kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf")
+STIFF_SOLVERS = ("kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3")
 
 Schedule = Callable[[Int[Array, ""]], Float[Array, ""]]
 
@@ -33,9 +33,10 @@ MAX_DENSE_PARAMS = 1000
 """`linear_solver="auto"` uses dense Hessians up to this many parameters."""
 
 FLOW_GMRES_RTOL = 0.1
-"""GMRES residual tolerance of BDF/NDF by name (inexact Newton). Measured on the digits MLP
-flow (1,210 parameters, rtol = atol = 0.1): 0.1 needs 962 Hessian-vector products to Adam's
-loss, BDF's default 1e-3 needs 2,789, with the same steps and gradients."""
+"""GMRES residual tolerance of BDF/NDF and Rodas3 by name (Rodas3 uses at most the flow's
+rtol). Measured for BDF (inexact Newton) on the digits MLP flow (1,210 parameters, rtol =
+atol = 0.1): 0.1 needs 962 Hessian-vector products to Adam's loss, BDF's default 1e-3 needs
+2,789, with the same steps and gradients."""
 
 
 class GradientFlowState(NamedTuple):
@@ -65,21 +66,24 @@ def flow_solver(
 ) -> diffrax.AbstractSolver:
     """The diffrax solver for a flow over `num_params` parameters.
 
-    `linear_solver` applies to BDF/NDF by name: `"lu"` (dense Hessian, LU reused over
-    steps), `"gmres"` (Hessian-vector products, no matrix, residual tolerance
-    `FLOW_GMRES_RTOL`), `"auto"` (dense up to `MAX_DENSE_PARAMS` parameters). Pass a
-    `stiffnode.solvers.BDF(...)` object for other settings. The ESDIRK solvers (Kvaerno)
-    always use the dense Hessian.
+    `linear_solver` applies to BDF/NDF and Rodas3 by name: `"lu"` (dense Hessian; BDF
+    reuses its LU over steps, Rodas3 factorises once per step), `"gmres"` (Hessian-vector
+    products, no matrix, residual tolerance `FLOW_GMRES_RTOL`), `"auto"` (dense up to
+    `MAX_DENSE_PARAMS` parameters). Rodas3 is told the flow is autonomous (no `d/dt` term).
+    Pass a `stiffnode.solvers.BDF(...)` or `Rodas3(...)` object for other settings. The
+    ESDIRK solvers (Kvaerno) always use the dense Hessian.
     """
     if linear_solver not in ("auto", "lu", "gmres"):
         raise ValueError(f"linear_solver must be 'auto', 'lu' or 'gmres', got {linear_solver!r}")
     if not isinstance(solver, str):
         return get_solver(solver)
     name = solver.lower()
+    if linear_solver == "auto":
+        linear_solver = "lu" if num_params <= MAX_DENSE_PARAMS else "gmres"
     if name in ("bdf", "ndf"):
-        if linear_solver == "auto":
-            linear_solver = "lu" if num_params <= MAX_DENSE_PARAMS else "gmres"
         return BDF(ndf=name == "ndf", linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL)
+    if name == "rodas3":
+        return Rodas3(linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL, autonomous=True)
     return get_solver(name)
 
 
@@ -125,14 +129,15 @@ def gradient_flow(
     Args:
         loss_fn: `loss_fn(params, **loss_kwargs) -> scalar`.
         solver: a name (`"tsit5"`, `"dopri5"`, `"kvaerno3"`, `"kvaerno5"`, `"bdf"`, `"ndf"`,
-            any of `stiffnode.SOLVERS`) or a diffrax solver.
+            `"rodas3"`, any of `stiffnode.SOLVERS`) or a diffrax solver.
         window: flow time per update, a number or a schedule `count -> window` (e.g. an
             optax schedule, to lengthen windows as training proceeds).
         rtol, atol: the solver's local error tolerances per parameter, `atol + rtol
             |theta_i|` (see `stiffnode.solve`); numbers or schedules `count -> value`, e.g.
             loose at first and tighter later. They bound how closely the steps follow the
             flow, not the loss reached.
-        linear_solver: `"auto"`, `"lu"` or `"gmres"` (BDF/NDF by name; see `flow_solver`).
+        linear_solver: `"auto"`, `"lu"` or `"gmres"` (BDF/NDF/Rodas3 by name; see
+            `flow_solver`).
         max_steps: step budget per window; exhausting it is an error.
 
     The state (`GradientFlowState`) counts the windows, the flow time and the solver work.

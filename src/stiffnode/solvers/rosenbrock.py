@@ -9,7 +9,7 @@ An s-stage Rosenbrock method solves s linear systems with one matrix per step
 
 with `J = df/dy(t0, y0)` exact (a Rosenbrock method's order needs the exact Jacobian). The
 matrix is either formed (`jax.jacfwd`) and LU-factorised once per step, or never formed:
-each stage is a GMRES solve (`solvers.krylov.gmres`, stopped at `gmres_rtol`) on
+each stage is a GMRES solve (`solvers.krylov.gmres`, stopped at `min(gmres_rtol, rtol)`) on
 Jacobian-vector products at `(t0, y0)`. A gradient flow's `J` is minus the Hessian, so the
 latter costs Hessian-vector products only. The solves are `jax.lax.custom_linear_solve`s,
 so reverse-mode gradients through a solve work on both paths.
@@ -82,9 +82,9 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         linear_solver: `"lu"` (dense Jacobian by jacfwd, one LU per step) or `"gmres"`
             (matrix-free: GMRES on Jacobian-vector products; each counted in
             `num_jvp_evals`).
-        gmres_rtol: relative residual tolerance of each stage's GMRES solve. Unlike in a
-            Newton iteration, a stage's solve error is not corrected later: it enters `y1`
-            directly, so keep it below the step's local error tolerance.
+        gmres_rtol: relative residual tolerance of each stage's GMRES solve; the solves use
+            `min(gmres_rtol, rtol)`. Unlike in a Newton iteration, a stage's solve error is
+            not corrected later: it enters `y1` and the error estimate directly.
         gmres_restart: GMRES restart length.
         autonomous: `f` does not depend on `t`: the `df/dt` term (one more JVP per step)
             is skipped. With `False` it is computed by forward-mode autodiff in `t`.
@@ -163,8 +163,12 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             def matvec(v):
                 return v - c * jvp(v)
 
+            # A stage's solve error goes straight into y1 and the error estimate: no looser
+            # than the step's own relative tolerance.
+            solve_rtol = jnp.minimum(self.gmres_rtol, rtol)
+
             def krylov(mv, b):
-                sol = gmres(mv, b, rtol=self.gmres_rtol, restart=self.gmres_restart)
+                sol = gmres(mv, b, rtol=solve_rtol, restart=self.gmres_restart)
                 return sol.x, sol.num_matvecs
 
             def solve(rhs):

@@ -1,5 +1,5 @@
 """Training as an ODE, measured: optax SGD / momentum / Adam against the gradient flow
-solved by Tsit5, Kvaerno5 and BDF, and the seed's scipy setting on the same flow.
+solved by Tsit5, Kvaerno5, BDF and Rodas3, and the seed's scipy setting on the same flow.
 
 Two comparisons, each side by side in one run:
 
@@ -128,8 +128,8 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 }
 LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 
-FLOW_SOLVERS = ("tsit5", "kvaerno5", "bdf")
-FLOW_TOLERANCES = {"tsit5": 1e-3, "kvaerno5": 0.1, "bdf": 0.1}
+FLOW_SOLVERS = ("tsit5", "kvaerno5", "bdf", "rodas3")
+FLOW_TOLERANCES = {"tsit5": 1e-3, "kvaerno5": 0.1, "bdf": 0.1, "rodas3": 0.1}
 """rtol = atol per flow solver: loose, since the steps need not follow the flow closely.
 Tsit5 at 0.1 lets the flow go unstable (digits: train loss 8.8e11 after 41 windows)."""
 DENSE_HESSIAN_SOLVERS = ("kvaerno5",)  # diffrax ESDIRK: a dense Jacobian every iteration
@@ -289,7 +289,8 @@ def run_study(
         budget: wall seconds allowed to each flow solver to reach Adam's loss.
         seed_time: flow time of the seed-setting comparison; `seed_budget` the wall seconds
             allowed to each scipy run there.
-        methods: a subset of `sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf seed`
+        methods: a subset of `sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf
+            flow-rodas3 seed`
             (default all; `adam` always runs: its loss is the target).
     """
     if task not in TASKS:
