@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from ._validation import positive_int
 from .solvers import BDF, BDFController, JumpAwareSolver, Rodas3, initial_step_size
-from .solvers.bdf import _NewtonTolerances
+from .solvers.bdf import _FROM_CONTROLLER
 from .stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
@@ -385,9 +385,9 @@ def solve(
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
-    unset_tolerances = isinstance(solver, _SELF_CONTROLLED) and isinstance(
-        solver.root_finder, _NewtonTolerances
-    ) and not isinstance(solver.root_finder.rtol, float | int)
+    unset_tolerances = (
+        isinstance(solver, _SELF_CONTROLLED) and solver.root_finder.rtol is _FROM_CONTROLLER
+    )
     if (named or unset_tolerances) and fixed_steps and isinstance(
         solver, diffrax.AbstractImplicitSolver
     ):

@@ -9,18 +9,21 @@
   a backsolve adjoint's backward solve is not included.
 - `num_jac_evals`: Jacobian evaluations (autodiff; each costs about n evaluations of the
   vector field in forward mode, not included in `num_vf_evals`).
-- `num_jvp_evals`: Jacobian-vector products of matrix-free Newton-Krylov (BDF with
-  `linear_solver="gmres"`; each costs about one or two evaluations of the vector field, not
-  included in `num_vf_evals`).
+- `num_jvp_evals`: Jacobian-vector products of matrix-free Krylov solves (BDF and Rodas3
+  with `linear_solver="gmres"`; Rodas3's `df/dt` too; each costs about one or two
+  evaluations of the vector field, not included in `num_vf_evals`).
 - `num_lu_decompositions`: LU factorisations of the Newton iteration matrix.
 - `num_newton_iters`: Newton iterations (one vector-field evaluation each).
 - `num_newton_failures`: step attempts rejected because Newton did not converge.
 - `num_error_test_failures`: step attempts rejected by the local error test.
-- `num_steps_per_order` (BDF only): accepted steps taken at orders 1..5.
+- `num_steps_per_order` (BDF and Rodas3): accepted steps taken at orders 1..5 (Rodas3:
+  all at order 3).
 
 Who counts what:
 
-- `stiffnode.solvers.BDF` (adaptive) counts all of these itself, rejected attempts included.
+- `stiffnode.solvers.BDF` and `Rodas3` (adaptive) count all of these themselves, rejected
+  attempts included (Rodas3: three evaluations per attempt, one Jacobian and LU per attempt
+  when dense, every Jacobian-vector product when matrix-free, no Newton iterations).
 - Euler and explicit Runge--Kutta methods: `num_vf_evals` from the tableau: every step
   attempt costs the tableau's stages, one fewer for first-same-as-last (FSAL) methods, which
   evaluate their first stage afresh only on the first step and after each jump in
