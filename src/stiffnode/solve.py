@@ -400,10 +400,10 @@ def solve(
         stepping_solver = JumpAwareSolver(solver, jump_ts)
     adaptive_start = dt0 is None and not fixed_steps
     own_controller = _bdf_controller(controller) is not None
-    if adaptive_start and not own_controller:  # BDFController picks BDF's first step itself
+    if adaptive_start and not own_controller:  # BDFController picks the first step itself
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     saveat = _saveat(saveat)
-    if own_controller:  # its state holds BDF's work counts
+    if own_controller:  # its state holds the solver's work counts (BDF, Rodas3)
         saveat = diffrax.SaveAt(
             subs=saveat.subs,
             dense=saveat.dense,

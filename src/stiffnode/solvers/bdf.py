@@ -145,6 +145,29 @@ class _NewtonTolerances(eqx.Module):
     norm: object = _FROM_CONTROLLER
 
 
+def _controller_tolerances(solver) -> tuple:
+    """`(rtol, atol, norm)` that `diffeqsolve` filled into a self-controlled solver's
+    `root_finder` from its `BDFController`; a clear error where they were never filled."""
+    tols = solver.root_finder
+    if tols.rtol is _FROM_CONTROLLER:
+        raise ValueError(
+            f"stiffnode.solvers.{type(solver).__name__} takes its tolerances from the "
+            "step-size controller: use stepsize_controller="
+            "stiffnode.solvers.BDFController(rtol=..., atol=...)"
+        )
+    return tols.rtol, tols.atol, tols.norm
+
+
+def _flat_field(terms, y0, args) -> tuple[Callable, Array, Callable]:
+    """`(fn, flat_y0, unravel)`: the vector field on the flattened state, `fn(t, y_flat)`."""
+    flat_y0, unravel = ravel_pytree(y0)
+
+    def fn(t, y):
+        return ravel_pytree(terms.vf(t, unravel(y), args))[0]
+
+    return fn, flat_y0, unravel
+
+
 def _dense_jacobian(fn, t, y):
     return jax.jacfwd(lambda z: fn(t, z))(y)
 
@@ -238,17 +261,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state: BDFState, made_jump):
-        rtol, atol, norm = self.root_finder.rtol, self.root_finder.atol, self.root_finder.norm
-        if rtol is _FROM_CONTROLLER:
-            raise ValueError(
-                "stiffnode.solvers.BDF takes its tolerances from the step-size controller: "
-                "use stepsize_controller=stiffnode.solvers.BDFController(rtol=..., atol=...)"
-            )
-        flat_y0, unravel = ravel_pytree(y0)
+        rtol, atol, norm = _controller_tolerances(self)
+        fn, flat_y0, unravel = _flat_field(terms, y0, args)
         dtype = flat_y0.dtype
-
-        def fn(t, y):
-            return ravel_pytree(terms.vf(t, unravel(y), args))[0]
 
         # The Newton iterations, Jacobians and factorisations run on values without
         # gradients; the solution's gradient comes from the implicit function theorem.

@@ -29,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from .bdf import _FROM_CONTROLLER, _NewtonTolerances
+from .bdf import _controller_tolerances, _flat_field, _NewtonTolerances
 from .bdf_controller import BDFStepReport
 from .krylov import gmres
 
@@ -125,20 +124,11 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump  # one-step method: nothing carried over
-        rtol, atol, norm = self.root_finder.rtol, self.root_finder.atol, self.root_finder.norm
-        if rtol is _FROM_CONTROLLER:
-            raise ValueError(
-                f"stiffnode.solvers.{type(self).__name__} takes its tolerances from the "
-                "step-size controller: use stepsize_controller="
-                "stiffnode.solvers.BDFController(rtol=..., atol=...)"
-            )
+        rtol, atol, norm = _controller_tolerances(self)
+        fn, flat_y0, unravel = _flat_field(terms, y0, args)
         tab = self.tableau
-        flat_y0, unravel = ravel_pytree(y0)
         dtype = flat_y0.dtype
         h = (t1 - t0).astype(dtype)
-
-        def fn(t, y):
-            return ravel_pytree(terms.vf(t, unravel(y), args))[0]
 
         if self.linear_solver == "lu":
             f0 = fn(t0, flat_y0)

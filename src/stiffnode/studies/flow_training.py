@@ -295,7 +295,7 @@ def run_study(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
-    learning_rates = tuple(float(lr) for lr in (learning_rates or LEARNING_RATES))
+    learning_rates = LEARNING_RATES if learning_rates is None else tuple(map(float, learning_rates))
     if not learning_rates or not all(lr > 0 and np.isfinite(lr) for lr in learning_rates):
         raise ValueError(f"learning_rates must be positive and finite, got {learning_rates}")
     all_methods = (*OPTIMIZERS, *(f"flow-{s}" for s in FLOW_SOLVERS), "seed")
