@@ -6,6 +6,12 @@ the end. They are moved to the front, longest first (their durations as measured
 2-core machine).
 """
 
+import jax
+
+# Two CPU devices, as `stiffnode study` uses on a 2-core machine: the vmapped trials are
+# spread over them (`trials.train_trials`) in the tests too. Set before JAX's first use.
+jax.config.update("jax_num_cpu_devices", 2)
+
 # Test id prefixes of the long tests, longest first.
 _LONG_FIRST = (
     "test_notebooks.py::",

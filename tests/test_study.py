@@ -56,21 +56,29 @@ def test_config_errors(data):
         tr.train_trials(_config(), bad, [0])
     with pytest.raises(ValueError, match="seeds is empty"):
         tr.train_trials(_config(), data, [])
+    with pytest.raises(ValueError, match="devices is empty"):
+        tr.train_trials(_config(), data, [0], devices=[])
 
 
 def test_vmapped_trials_equal_trials_one_by_one(data):
+    """Trials spread over the two test CPU devices equal each trial alone (padded to two:
+    itself and a copy) and the same trials vmapped on one device."""
+    assert len(jax.devices()) == 2
     config = _config(penalty="amortised", lam=1e-2)
     together = tr.train_trials(config, data, [0, 1], dtype=jnp.float64)
+    one_device = tr.train_trials(config, data, [0, 1], dtype=jnp.float64, devices=jax.devices()[:1])
     for i, seed in enumerate([0, 1]):
         alone = tr.train_trials(config, data, [seed], dtype=jnp.float64)
-        for k, v in alone.history.items():
-            np.testing.assert_allclose(together.history[k][i], v[0], rtol=1e-9, err_msg=k)
-        np.testing.assert_allclose(
-            tr.trial_model(together.models, i).weights,
-            tr.trial_model(alone.models, 0).weights,
-            rtol=1e-9,
-        )
+        for other, j in ((alone, 0), (one_device, i)):
+            for k, v in other.history.items():
+                np.testing.assert_allclose(together.history[k][i], v[j], rtol=1e-9, err_msg=k)
+            np.testing.assert_allclose(
+                tr.trial_model(together.models, i).weights,
+                tr.trial_model(other.models, j).weights,
+                rtol=1e-9,
+            )
     assert together.history["ER"].shape == (2, 2)
+    assert alone.final["ER"].shape == (1,)
     np.testing.assert_array_equal(together.epochs, [2, 4])
 
 

@@ -6,14 +6,16 @@ Each trial is minibatch Adam with a reduce-on-plateau learning rate (optax's
 `sqrt(mean_i (|F(x_i) - y_i|^2 + lam * p_i^2))` (`losses.penalised_loss`), where `p_i` is
 nothing (RES), the parameters' L2 norm (RES L2) or the sum over layers of a stiffness proxy
 of sample i's layer Jacobians (RES stiff). Trials differ only in their seed (initialisation,
-shuffles, power vectors); all of them run in one `jit(vmap(...))`.
+shuffles, power vectors); all of them run in one `jit(vmap(...))`, the trial axis spread over
+the given devices (by default every local device of JAX's default backend: on a CPU, as many
+as `jax.config.update("jax_num_cpu_devices", n)` made before JAX's first use, one per core).
 """
 
 import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -347,6 +349,7 @@ def train_trials(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every_s: float = 60.0,
     description: str = "training",
+    devices: Sequence[jax.Device] | None = None,
 ) -> TrialsResult:
     """Train one ResNet per seed, all trials vmapped in one compiled program.
 
@@ -360,7 +363,10 @@ def train_trials(
         progress: show a tqdm bar over the epochs.
         checkpoint: a file path; the training state is saved there every
             `checkpoint_every_s` seconds and at the end, and a run finding it resumes from
-            it (same config, data and seeds).
+            it (same config, data and seeds; any devices).
+        devices: the devices the trials are spread over (default `jax.local_devices()`);
+            with d devices, the trials are padded to a multiple of d by repeating the last
+            (its duplicates are dropped from the result). Results do not depend on d.
 
     Returns:
         A `TrialsResult`: stacked models, history, final metrics (`final_metrics`), time.
@@ -378,6 +384,9 @@ def train_trials(
         raise ValueError("x and y differ in their number of samples")
     n_train = x.shape[0]
     _num_batches(config, n_train)
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty: give at least one device")
 
     states, statics = zip(
         *(_init_one(config, x.shape[1], y.shape[1], n_train, dtype, s) for s in seeds), strict=True
@@ -389,6 +398,8 @@ def train_trials(
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None and checkpoint.exists():
         state, history, done = _load_checkpoint(checkpoint, state)
+    num = len(seeds)
+    state = _spread(state, devices, num)
 
     run_chunk = _build(config, static, n_train)
     n_chunks = config.epochs // config.eval_every
@@ -402,7 +413,7 @@ def train_trials(
         for _ in range(done // config.eval_every, n_chunks):
             state, metrics = run_chunk(state, x, y, x_test, y_test)
             for k, v in metrics.items():
-                history.setdefault(k, []).append(np.asarray(v))
+                history.setdefault(k, []).append(np.asarray(v)[:num])
             done += config.eval_every
             if bar is not None:
                 bar.update(config.eval_every)
@@ -412,13 +423,14 @@ def train_trials(
                     refresh=False,
                 )
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                _save_checkpoint(checkpoint, state, _stack(history), done)
+                _save_checkpoint(checkpoint, _first(state, num), _stack(history), done)
                 last_save = time.perf_counter()
         jax.block_until_ready(state)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
+    state = _first(state, num)
     if checkpoint is not None:
         _save_checkpoint(checkpoint, state, _stack(history), done)
     models = eqx.combine(state.params, static)
@@ -431,6 +443,25 @@ def train_trials(
         final_metrics(models, (x, y, x_test, y_test), proxy_samples=config.proxy_samples),
         wall,
     )
+
+
+def _spread(state, devices: Sequence[jax.Device], num: int):
+    """`state`'s `num` trials padded (repeating the last) to a multiple of `len(devices)` and
+    sharded over them along the trial axis."""
+    pad = -num % len(devices)
+    if pad:
+        state = jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), state
+        )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("trials",))
+    return jax.device_put(
+        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+    )
+
+
+def _first(tree, num: int):
+    """The first `num` trials of every array leaf (drops `_spread`'s padding)."""
+    return jax.tree_util.tree_map(lambda a: a[:num] if eqx.is_array(a) else a, tree)
 
 
 def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
