@@ -6,10 +6,13 @@ sizes (ResNet width 50, depth 16, tanh, minibatches of 20, float32, the POLLU en
 1. each penalised training step's time over the plain step's, per proxy (dense Gelfand,
    dense power iteration, amortised power iteration, singular values, Frobenius), as the
    median of interleaved repeats (the machine is shared; interleaving keeps the ratios fair);
-2. how closely the amortised estimate tracks the dense Gelfand value after training with it;
+2. how closely the amortised estimate tracks the exact spectral radius (and the dense
+   Gelfand value) after 20, 100 and 300 epochs of training with it;
 3. the seed-sized study (3 models x 25 trials x 1,000 epochs x 100 minibatches, RES stiff
-   with the amortised penalty): measured on a subset (an epoch-pair chunk of each model's
-   25-trial vmapped program, after compilation) and extrapolated to 1,000 epochs;
+   with the amortised penalty): each model's 25-trial vmapped program timed, after
+   compilation, on the study's own chunk (10 epochs and one evaluation), with the trials
+   spread over the CPU devices (one per core), RES also on one device; extrapolated to
+   1,000 epochs;
 4. the plain study's achieved floating-point rate (analytic flop count of the training step
    and evaluation) as a fraction of this machine's measured large-matmul rate.
 
@@ -25,8 +28,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import matplotlib
+
+# One CPU device per core: the study's trials are spread over them (`trials.train_trials`).
+jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -94,63 +100,75 @@ def step_ratios(data, steps_per_call, rounds):
     }
 
 
-def amortised_tracking(data, epochs):
-    """Train with the amortised penalty, then compare its estimates with dense Gelfand."""
+def amortised_tracking(data, checkpoints):
+    """Train with the amortised penalty; after each of `checkpoints` epochs compare its
+    estimates (the stored vectors' Ritz radius) with the exact spectral radius (numpy's
+    eigenvalues) and the dense Gelfand value on the first 256 training samples."""
+    import equinox as eqx
+
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     n = x.shape[0]
     model = sn.ResNet(x.shape[1], y.shape[1], WIDTH, DEPTH, key=jax.random.key(1))
     config = tr.TrainConfig(WIDTH, DEPTH, 1, BATCH, penalty="amortised", lam=1e-3)
     step, state = tr.penalised_step_fn(config, model, n)
-    _, static = jax.tree_util.tree_flatten(model)
+    static = eqx.partition(model, eqx.is_inexact_array)[1]
 
     @jax.jit
     def epoch(state, key):
         perm = jax.random.permutation(key, n)[: (n // BATCH) * BATCH].reshape(-1, BATCH)
         return jax.lax.scan(lambda s, i: (step(s, x[i], y[i], i), None), state, perm)[0]
 
-    for e in range(epochs):
-        state = epoch(state, jax.random.key(100 + e))
-    params, _, vectors = state
-    import equinox as eqx
+    out, done, m = [], 0, 256
+    for target in checkpoints:
+        for e in range(done, target):
+            state = epoch(state, jax.random.key(100 + e))
+        done = target
+        params, _, vectors = state
+        trained = eqx.combine(params, static)
+        slopes = jax.vmap(st.layer_slopes, in_axes=(None, 0))(trained, x[:m])
+        est, _ = st.amortised_spectral_radius(slopes, trained.weights, vectors[:m])
+        est = np.asarray(est)
+        J = slopes[..., :, None] * trained.weights
+        gelfand = np.asarray(st.spectral_radius_gelfand(J))
+        exact = np.max(np.abs(np.linalg.eigvals(np.asarray(J, np.float64))), -1)
+        rel = est / exact - 1
+        total_rel = est.sum(-1) / exact.sum(-1) - 1
+        out.append(
+            {
+                "epochs_trained": target,
+                "samples": m,
+                "per_layer_relative_error_vs_eig": {
+                    "median_abs": float(np.median(np.abs(rel))),
+                    "p90_abs": float(np.quantile(np.abs(rel), 0.9)),
+                    "fraction_within_1pct": float(np.mean(np.abs(rel) < 0.01)),
+                    "fraction_within_5pct": float(np.mean(np.abs(rel) < 0.05)),
+                },
+                "per_sample_sum_over_layers_relative_error_vs_eig": {
+                    "median_abs": float(np.median(np.abs(total_rel))),
+                    "p90_abs": float(np.quantile(np.abs(total_rel), 0.9)),
+                },
+                "gelfand_relative_error_vs_eig_median": float(
+                    np.median(np.abs(gelfand / exact - 1))
+                ),
+                "mean_sum_over_layers": {
+                    "amortised": float(est.sum(-1).mean()),
+                    "gelfand": float(gelfand.sum(-1).mean()),
+                    "eig": float(exact.sum(-1).mean()),
+                },
+            }
+        )
+    return out
 
-    trained = eqx.combine(params, eqx.partition(model, eqx.is_inexact_array)[1])
-    m = 256
-    slopes = jax.vmap(st.layer_slopes, in_axes=(None, 0))(trained, x[:m])
-    est, _ = st.amortised_spectral_radius(slopes, trained.weights, vectors[:m])
-    J = slopes[..., :, None] * trained.weights
-    gelfand = np.asarray(st.spectral_radius_gelfand(J))
-    exact = np.max(np.abs(np.linalg.eigvals(np.asarray(J, np.float64))), -1)
-    rel = np.asarray(est) / exact - 1
-    total_rel = np.asarray(est).sum(-1) / exact.sum(-1) - 1
-    return {
-        "epochs_trained": epochs,
-        "samples": m,
-        "per_layer_relative_error_vs_eig": {
-            "median_abs": float(np.median(np.abs(rel))),
-            "p90_abs": float(np.quantile(np.abs(rel), 0.9)),
-            "fraction_within_1pct": float(np.mean(np.abs(rel) < 0.01)),
-            "fraction_within_5pct": float(np.mean(np.abs(rel) < 0.05)),
-        },
-        "per_sample_sum_over_layers_relative_error_vs_eig": {
-            "median_abs": float(np.median(np.abs(total_rel))),
-            "p90_abs": float(np.quantile(np.abs(total_rel), 0.9)),
-        },
-        "gelfand_relative_error_vs_eig_median": float(np.median(np.abs(gelfand / exact - 1))),
-        "mean_sum_over_layers": {
-            "amortised": float(np.asarray(est).sum(-1).mean()),
-            "gelfand": float(gelfand.sum(-1).mean()),
-            "eig": float(exact.sum(-1).mean()),
-        },
-    }
 
-
-def study_extrapolation(data, trials, chunk_epochs, rounds):
-    """Time each model's trial-vmapped program for `chunk_epochs` epochs; extrapolate."""
+def study_extrapolation(data, trials, chunk_epochs, rounds, devices, models=None):
+    """Time each model's trial-vmapped program (the study's: `chunk_epochs` epochs and one
+    evaluation, the trials spread over `devices`) after compilation; extrapolate to 1k epochs."""
     from stiffnode.studies.seed_resnet import MODELS
 
     x, y, xt, yt = (jnp.asarray(a, jnp.float32) for a in data)
     out = {}
-    for model, (penalty, lam) in MODELS.items():
+    for model in models or MODELS:
+        penalty, lam = MODELS[model]
         config = tr.TrainConfig(
             WIDTH,
             DEPTH,
@@ -169,6 +187,7 @@ def study_extrapolation(data, trials, chunk_epochs, rounds):
             strict=True,
         )
         state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+        state = tr._spread(state, devices, trials)
         run = tr._build(config, statics[0], x.shape[0])
         compile_s = _timed(run, state, x, y, xt, yt)
         chunk_s = statistics.median(_timed(run, state, x, y, xt, yt) for _ in range(rounds))
@@ -190,17 +209,21 @@ def study_extrapolation(data, trials, chunk_epochs, rounds):
         "trials": trials,
         "epochs": EPOCHS,
         "chunk_epochs": chunk_epochs,
+        "devices": len(devices),
     }
 
 
-def plain_flops_per_epoch(n_train, n_test, in_size, out_size):
-    """Analytic flops of one plain epoch, per trial: training steps and the evaluation."""
+def plain_flops_per_epoch(n_train, n_test, in_size, out_size, eval_every, proxy_samples=16):
+    """Analytic flops of one plain epoch, per trial: the training steps, and the evaluation
+    made every `eval_every` epochs (forward passes on the train and test sets; the history's
+    dense Gelfand radius: 10 squarings of each of `proxy_samples` x depth layer Jacobians)."""
     layer = 2 * WIDTH * WIDTH
     io = 2 * WIDTH * (in_size + out_size)
     fwd = DEPTH * layer + io  # one sample's forward pass (multiply-adds x 2)
     step = BATCH * 3 * fwd  # forward + backward (input and weight gradients)
-    eval_ = (n_train + n_test) * fwd
-    return NUM_BATCHES * step + eval_
+    gelfand = proxy_samples * DEPTH * 10 * 2 * WIDTH**3
+    eval_ = (n_train + n_test) * fwd + gelfand
+    return NUM_BATCHES * step + eval_ / eval_every
 
 
 def matmul_rate(n=2048, repeats=7):
@@ -212,17 +235,21 @@ def matmul_rate(n=2048, repeats=7):
 
 
 def main(quick: bool = False) -> dict:
+    from stiffnode.studies.seed_resnet import TASKS
+
+    devices = jax.devices()
     data = pollu_ensemble(0, progress=True)
     start = time.perf_counter()
     ratios = step_ratios(data, steps_per_call=20 if quick else 50, rounds=3 if quick else 7)
-    tracking = amortised_tracking(data, epochs=3 if quick else 20)
+    tracking = amortised_tracking(data, (1, 2) if quick else (20, 100, 300))
     rate = matmul_rate()
-    study = study_extrapolation(
-        data, trials=TRIALS, chunk_epochs=1 if quick else 2, rounds=1 if quick else 2
-    )
+    chunk = 1 if quick else TASKS["pollu"]["eval_every"]
+    rounds = 1 if quick else 2
+    study = study_extrapolation(data, TRIALS, chunk, rounds, devices)
+    one_device = study_extrapolation(data, TRIALS, chunk, rounds, devices[:1], models=["RES"])
     rate_after = matmul_rate()
     res = study["models"]["RES"]
-    flops = plain_flops_per_epoch(1996, 500, 15, 10) * TRIALS
+    flops = plain_flops_per_epoch(1996, 500, 15, 10, chunk) * TRIALS
     achieved = flops / res["epoch_s_all_trials"]
     results = {
         "benchmark": "stiffness_penalty",
@@ -239,15 +266,19 @@ def main(quick: bool = False) -> dict:
         "step_cost": ratios,
         "amortised_tracking": tracking,
         "study": study,
+        "study_RES_on_one_device": one_device["models"]["RES"],
         "flop_rate": {
             "plain_study_flops_per_epoch_all_trials": flops,
             "plain_study_flop_rate": achieved,
             "large_matmul_flop_rate_before": rate,
             "large_matmul_flop_rate_after": rate_after,
             "fraction_of_matmul_rate": achieved / max(rate, rate_after),
+            "devices": len(devices),
             "note": "analytic count: 2 w^2 per layer and sample forward, x3 with backward, "
-            "plus the per-chunk evaluation on train and test sets; the matmul rate is "
-            "a 2048x2048 float32 product, median of 7, measured before and after",
+            "plus the evaluation every eval_every epochs (train and test sets, dense Gelfand "
+            "history proxy); the trials spread over all CPU devices (one per core); the "
+            "matmul rate is a 2048x2048 float32 product on one device (all cores), median "
+            "of 7, measured before and after",
         },
         "load_average": os.getloadavg(),
         "wall_s": time.perf_counter() - start,
