@@ -192,5 +192,7 @@ def test_study_cli_writes_summary_and_never_recomputes(tmp_path, monkeypatch):
     assert summary["RES"] == first["RES"]
     for name in ("summary.csv", "trials.csv", "evolution.png", "details.json"):
         assert (out / name).exists()
+    with pytest.raises(ValueError, match="another study"):  # other epochs: never reused
+        seed_resnet.run_study("alpine02", models=("RES",), **(args | dict(epochs=4)))
     with pytest.raises(ValueError, match="unknown task"):
         seed_resnet.run_study("climate", out=out)

@@ -9,6 +9,8 @@ study resumes where it stopped. `out/summary.json` holds the medians over trials
 seed's evolution plots (median and quartiles over trials).
 """
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -73,13 +75,29 @@ def load_task(task: str, *, seed: int = 0, cache_dir=None, progress: bool = Fals
     raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
 
 
-def _write_trial(path: Path, seed, result, i, group_size):
+def _signature(task: str, config: TrainConfig) -> str:
+    """What a trial file was trained with: a finished trial is reused only by the same study."""
+    return json.dumps({"task": task, **dataclasses.asdict(config)}, sort_keys=True)
+
+
+def _check_reusable(path: Path, signature: str) -> None:
+    with np.load(path) as f:
+        stored = str(f["study"]) if "study" in f.files else "(none recorded)"
+    if stored != signature:
+        raise ValueError(
+            f"{path} holds a trial of another study ({stored}; this one: {signature}); "
+            "give a new output directory, or delete it to retrain"
+        )
+
+
+def _write_trial(path: Path, seed, result, i, group_size, signature: str):
     arrays = {f"history_{k}": v[i] for k, v in result.history.items()}
     arrays |= {f"final_{k}": np.asarray(v[i]) for k, v in result.final.items()}
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(
         tmp,
         seed=seed,
+        study=signature,
         epochs=result.epochs,
         wall_time_s=result.wall_time_s / group_size,
         group_wall_time_s=result.wall_time_s,
@@ -154,13 +172,18 @@ def run_study(
             lam=lam,
             eval_every=eval_every,
         )
+        signature = _signature(task, config)
         trial_dir = out / "trials" / _slug(model)
         trial_dir.mkdir(parents=True, exist_ok=True)
         path = {s: trial_dir / f"trial_{s:04d}.npz" for s in seeds}
+        for s in seeds:
+            if path[s].exists():
+                _check_reusable(path[s], signature)
         pending = [s for s in seeds if not path[s].exists()]
         for start in range(0, len(pending), group_size):
             group = pending[start : start + group_size]
-            ckpt = out / "checkpoints" / f"{_slug(model)}_{group[0]}-{group[-1]}_{epochs}.npz"
+            tag = hashlib.sha1(signature.encode()).hexdigest()[:8]  # a checkpoint of this study
+            ckpt = out / "checkpoints" / f"{_slug(model)}_{group[0]}-{group[-1]}_{tag}.npz"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             result = train_trials(
                 config,
@@ -171,7 +194,7 @@ def run_study(
                 description=f"{task} {model} ({len(group)} trials)",
             )
             for i, s in enumerate(group):
-                _write_trial(path[s], s, result, i, len(group))
+                _write_trial(path[s], s, result, i, len(group), signature)
             ckpt.unlink(missing_ok=True)
         results[model] = [_read_trial(path[s]) for s in seeds]
 
