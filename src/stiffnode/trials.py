@@ -460,8 +460,12 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
 
 
 def _first(tree, num: int):
-    """The first `num` trials of every array leaf (drops `_spread`'s padding)."""
-    return jax.tree_util.tree_map(lambda a: a[:num] if eqx.is_array(a) else a, tree)
+    """The first `num` trials of every array leaf (drops `_spread`'s padding), gathered on the
+    default device through the host: slicing the spread arrays on the devices would be a
+    cross-device program, which hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(np.asarray(a)[:num]) if eqx.is_array(a) else a, tree
+    )
 
 
 def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
