@@ -423,16 +423,17 @@ def train_trials(
                     refresh=False,
                 )
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                _save_checkpoint(checkpoint, _first(state, num), _stack(history), done)
+                _save_checkpoint(checkpoint, _host_trials(state, num), _stack(history), done)
                 last_save = time.perf_counter()
         jax.block_until_ready(state)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
-    state = _first(state, num)
+    host_state = _host_trials(state, num)
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, state, _stack(history), done)
+        _save_checkpoint(checkpoint, host_state, _stack(history), done)
+    state = jax.tree_util.tree_map(jnp.asarray, host_state)
     models = eqx.combine(state.params, static)
     hist = _stack(history)
     epochs = np.arange(1, n_chunks + 1) * config.eval_every
@@ -459,13 +460,11 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
     )
 
 
-def _first(tree, num: int):
-    """The first `num` trials of every array leaf (drops `_spread`'s padding), gathered on the
-    default device through the host: slicing the spread arrays on the devices would be a
-    cross-device program, which hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
-    return jax.tree_util.tree_map(
-        lambda a: jnp.asarray(np.asarray(a)[:num]) if eqx.is_array(a) else a, tree
-    )
+def _host_trials(tree, num: int):
+    """The first `num` trials of every array leaf (drops `_spread`'s padding), as numpy
+    arrays: slicing the spread arrays on the devices would be a cross-device program, which
+    hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:num], tree)
 
 
 def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:

@@ -80,7 +80,10 @@ def _signature(task: str, config: TrainConfig) -> str:
     return json.dumps({"task": task, **dataclasses.asdict(config)}, sort_keys=True)
 
 
-def _check_reusable(path: Path, signature: str) -> None:
+def _finished(path: Path, signature: str) -> bool:
+    """Whether `path` holds a finished trial of this study; one of another study is an error."""
+    if not path.exists():
+        return False
     with np.load(path) as f:
         stored = str(f["study"]) if "study" in f.files else "(none recorded)"
     if stored != signature:
@@ -88,6 +91,7 @@ def _check_reusable(path: Path, signature: str) -> None:
             f"{path} holds a trial of another study ({stored}; this one: {signature}); "
             "give a new output directory, or delete it to retrain"
         )
+    return True
 
 
 def _write_trial(path: Path, seed, result, i, group_size, signature: str):
@@ -176,10 +180,7 @@ def run_study(
         trial_dir = out / "trials" / _slug(model)
         trial_dir.mkdir(parents=True, exist_ok=True)
         path = {s: trial_dir / f"trial_{s:04d}.npz" for s in seeds}
-        for s in seeds:
-            if path[s].exists():
-                _check_reusable(path[s], signature)
-        pending = [s for s in seeds if not path[s].exists()]
+        pending = [s for s in seeds if not _finished(path[s], signature)]
         for start in range(0, len(pending), group_size):
             group = pending[start : start + group_size]
             tag = hashlib.sha1(signature.encode()).hexdigest()[:8]  # a checkpoint of this study
