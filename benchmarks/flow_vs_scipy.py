@@ -12,12 +12,14 @@ grows with the parameter count `n`:
 - scipy `solve_ivp` LSODA and BDF (the seed's) and `ode` vode (its reviewer's advice), with
   finite-difference Jacobians, each given `BUDGET` wall seconds. A run that does not finish
   is compared with stiffnode's BDF timed to the flow time it reached (scipy's time until
-  the step that got there was accepted); stiffnode's time is after compilation.
+  the step that got there was accepted); stiffnode's time is after compilation. Each scipy
+  entry records its own budget and the stiffnode time it was compared with, so a size can
+  be rerun for one method with a longer budget (`--methods LSODA --budget 5400`).
 
 Each size is written to `benchmarks/results/flow_vs_scipy.json` as soon as it finishes, and
 a rerun resumes (sizes and methods already there are kept). The plot is
 `flow_vs_scipy.png`. Run: `python benchmarks/flow_vs_scipy.py [--hidden 16 32 ...]
-[--budget S] [--plot-only]`.
+[--budget S] [--methods LSODA ...] [--plot-only]`.
 """
 
 import jax
@@ -54,17 +56,25 @@ def plot(record: dict, path: Path) -> None:
     sizes = sorted(record["sizes"].values(), key=lambda s: s["num_params"])
     n = [s["num_params"] for s in sizes]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, jac in METHODS:
+    for i, (method, jac) in enumerate(METHODS):
         name = f"scipy_{method}_{jac}"
-        pts = [(k, speedup(s[name])) for k, s in zip(n, sizes, strict=True) if name in s]
-        pts = [(k, v) for k, v in pts if v is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", label=f"{method} ({jac} Jacobian)")
+        pts = [(k, s[name]) for k, s in zip(n, sizes, strict=True) if name in s]
+        pts = [(k, e) for k, e in pts if speedup(e) is not None]
+        if not pts:
+            continue
+        color = f"C{i}"
+        ax.plot([k for k, _ in pts], [speedup(e) for _, e in pts], "-", color=color,
+                label=f"{method} ({jac} Jacobian)")
+        for k, e in pts:  # filled: to t = FLOW_TIME; open: at the t scipy reached
+            ax.plot(k, speedup(e), "o", color=color, mfc=color if e["finished"] else "white")
+    ax.plot([], [], "ko", mfc="white", label="scipy stopped at its budget: at the t it reached")
     ax.axhline(100, color="k", ls=":", lw=1, label="100x")
     ax.set(xscale="log", yscale="log", xlabel="parameters n",
            ylabel="scipy wall time / stiffnode BDF wall time",
            title=f"gradient flow of the digits MLP, rtol {SEED_RTOL:g}, atol {SEED_ATOL:g}")
-    ax.legend()
+    ax.set_xticks(n, [f"{k:,}" for k in n])
+    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -75,6 +85,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN))
     parser.add_argument("--budget", type=float, default=BUDGET)
     parser.add_argument("--flow-time", type=float, default=FLOW_TIME)
+    parser.add_argument("--methods", nargs="+", choices=[m for m, _ in METHODS],
+                        default=[m for m, _ in METHODS], help="scipy methods to run")
     parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args()
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -96,8 +108,9 @@ def main() -> None:
             task = digits_task(0, hidden=hidden)
             entry = sizes.setdefault(str(hidden), {})
             entry["num_params"] = int(ravel_pytree(task.params)[0].size)
-            seed_comparison(task, record["setting"]["flow_time"], record["setting"]["budget_s"],
-                            entry, save, methods=METHODS)
+            methods = tuple((m, j) for m, j in METHODS if m in args.methods)
+            seed_comparison(task, record["setting"]["flow_time"], args.budget, entry, save,
+                            methods=methods)
             print(hidden, entry["num_params"], {
                 k: round(speedup(v), 1) for k, v in entry.items()
                 if k.startswith("scipy_") and speedup(v) is not None

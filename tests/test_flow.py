@@ -548,18 +548,18 @@ def test_gradient_flow_errors():
         {"window": "1"},
         {"rtol": 0.0},
         {"atol": -1e-9},
+        {"max_steps": 0},
     ):
         with pytest.raises(ValueError):
             gradient_flow(loss, "tsit5", **kwargs)
-    # Unknown names: ValueError, at the latest when the first update builds the solver.
+    # Unknown names: ValueError when the optimizer is built, not at its first update.
     for args, kwargs, match in (
         (("bosh3",), {}, "unknown solver"),
         (("bdf",), {"linear_solver": "foo"}, "linear_solver"),
         (("tsit5",), {"linear_solver": "foo"}, "linear_solver"),
     ):
         with pytest.raises(ValueError, match=match):
-            opt = gradient_flow(loss, *args, **kwargs)
-            opt.update(_zeros(P0), opt.init(P0), P0)
+            gradient_flow(loss, *args, **kwargs)
     opt = gradient_flow(loss, "tsit5")
     with pytest.raises(ValueError, match="needs the parameters"):
         opt.update(_zeros(P0), opt.init(P0))

@@ -10,6 +10,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
+from .._validation import positive_int
 from ..solve import get_solver, solve
 from ..solvers import BDF, STAT_KEYS, Rodas3
 from ..stats import NOT_COUNTED
@@ -144,6 +145,8 @@ def gradient_flow(
     """
     for name, x in (("window", window), ("rtol", rtol), ("atol", atol)):
         _check_positive(name, x)
+    positive_int("max_steps", max_steps)
+    flow_solver(solver, 1, linear_solver)  # unknown names fail here, not at the first update
     field = GradientFlowField(loss_fn)
 
     def init(params: PyTree[Array]) -> GradientFlowState:

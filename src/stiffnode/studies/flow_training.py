@@ -254,10 +254,11 @@ def seed_comparison(
             atol=SEED_ATOL,
             max_wall_time=budget,
         )
-        entry = {**r.stats(), "finished": r.finished, "t_reached": r.t}
+        entry = {**r.stats(), "finished": r.finished, "t_reached": r.t, "budget_s": budget}
         if r.finished:
             theta = np.asarray(ravel_pytree(r.params)[0])
             entry["max_abs_diff_to_stiffnode"] = float(np.max(np.abs(theta - flat_end)))
+            entry["stiffnode_wall_time"] = wall
             entry["speedup"] = r.wall_time / wall
         elif r.t > 0:  # both timed to the flow time scipy reached
             _, _, wall_t = timed_jax(r.t)
