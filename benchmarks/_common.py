@@ -26,6 +26,17 @@ def time_compiled(fn, *args, repeats: int = 7):
     return compile_s, statistics.median(runs)
 
 
+def matmul_rate(n: int = 2048, repeats: int = 7) -> float:
+    """flop/s of an `n x n` float32 product on the default device (all cores), after
+    compilation, median of `repeats`: the "large-matmul rate" that flop rates are quoted
+    against."""
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    _, run_s = time_compiled(lambda a: a @ a, a, repeats=repeats)
+    return 2 * n**3 / run_s
+
+
 def environment() -> dict:
     """Package versions and the machine, for the JSON record."""
     names = ["stiffnode", "jax", "jaxlib", "diffrax", "equinox", "optax"]

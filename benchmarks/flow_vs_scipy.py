@@ -104,11 +104,11 @@ def main() -> None:
         OUT.write_text(json.dumps(record, indent=1))
 
     if not args.plot_only:
+        methods = tuple((m, j) for m, j in METHODS if m in args.methods)
         for hidden in args.hidden:
             task = digits_task(0, hidden=hidden)
             entry = sizes.setdefault(str(hidden), {})
             entry["num_params"] = int(ravel_pytree(task.params)[0].size)
-            methods = tuple((m, j) for m, j in METHODS if m in args.methods)
             seed_comparison(task, record["setting"]["flow_time"], args.budget, entry, save,
                             methods=methods)
             print(hidden, entry["num_params"], {

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stiffnode as sn  # noqa: E402
-from _common import RESULTS, environment  # noqa: E402
+from _common import RESULTS, environment, matmul_rate  # noqa: E402
 from stiffnode import stiffness as st  # noqa: E402
 from stiffnode import trials as tr  # noqa: E402
 from stiffnode.ensembles import pollu_ensemble  # noqa: E402
@@ -224,14 +224,6 @@ def plain_flops_per_epoch(n_train, n_test, in_size, out_size, eval_every, proxy_
     gelfand = proxy_samples * DEPTH * 10 * 2 * WIDTH**3
     eval_ = (n_train + n_test) * fwd + gelfand
     return NUM_BATCHES * step + eval_ / eval_every
-
-
-def matmul_rate(n=2048, repeats=7):
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    t = statistics.median(_timed(f, a) for _ in range(repeats))
-    return 2 * n**3 / t
 
 
 def main(quick: bool = False) -> dict:
