@@ -314,15 +314,24 @@ def test_misuse_gives_clear_errors():
         BDF(max_order=6)
     with pytest.raises(ValueError, match="linear_solver"):
         BDF(linear_solver="qr")
-    with pytest.raises(TypeError, match="BDFController"):
+    with pytest.raises(TypeError, match="SolverStepController reads the step reports"):
         diffrax.diffeqsolve(
             diffrax.ODETerm(lambda t, y, a: -y),
-            BDF(),
+            diffrax.Tsit5(),
             0.0,
             1.0,
             0.1,
             jnp.ones(1),
-            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+            stepsize_controller=BDFController(rtol=1e-6, atol=1e-6),
         )
-    with pytest.raises(ValueError, match="stepsize_controller"):
-        sn.solve(lambda t, y, a: -y, jnp.ones(1), 0.0, 1.0, solver="bdf", stepsize_controller="pid")
+    with pytest.raises(ValueError, match="stepsize_controller='solver' needs a solver"):
+        sn.solve(lambda t, y, a: -y, jnp.ones(1), 0.0, 1.0, stepsize_controller="solver")
+    with pytest.raises(ValueError, match="has no tolerances"):
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, a: -y),
+            BDF(root_finder=sn.solvers.ControllerTolerances(rtol=None, atol=None, norm=None)),
+            0.0,
+            1.0,
+            0.1,
+            jnp.ones(1),
+        )

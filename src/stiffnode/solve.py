@@ -13,8 +13,18 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from ._validation import positive_int
-from .solvers import BDF, BDFController, JumpAwareSolver, Rodas3, initial_step_size
-from .solvers.bdf import _FROM_CONTROLLER
+from .solvers import (
+    BDF,
+    FROM_CONTROLLER,
+    AbstractSelfControlledSolver,
+    CountingController,
+    JumpAwareSolver,
+    ReportingNorm,
+    Rodas3,
+    SolverStepController,
+    initial_step_size,
+    solver_stats_of,
+)
 from .stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
@@ -57,9 +67,6 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "ndf": lambda: BDF(ndf=True),
     "rodas3": Rodas3,
 }
-
-# Solvers that choose their own steps and report their work to a BDFController.
-_SELF_CONTROLLED = (BDF, Rodas3)
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
 """The solver names `solve` accepts (case-insensitive)."""
@@ -228,19 +235,34 @@ def _fixed_step_grid(t0, t1, dt0, dtype, max_steps):
     return jnp.asarray(grid, dtype)
 
 
+def _reports(controller) -> bool:
+    """The controller reads a self-controlled solver's step reports (and counts its work)."""
+    return isinstance(getattr(controller, "norm", None), ReportingNorm)
+
+
 def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_steps):
     """The diffrax step-size controller, and the jump times it steps onto (or None).
 
-    `times`: `(t0, t1, dt0)` as the caller gave them and the time dtype.
+    `times`: `(t0, t1, dt0)` as the caller gave them and the time dtype. An adaptive
+    controller of a self-controlled solver (BDF, Rodas3) is wrapped so that it counts the
+    solver's work (`solvers.CountingController`), unless it does already.
     """
     t0, t1, dt0, dtype = times
-    if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
-        return stepsize_controller, getattr(stepsize_controller, "jump_ts", None)
+    self_controlled = isinstance(solver, AbstractSelfControlledSolver)
     adaptive_solver = isinstance(solver, diffrax.AbstractAdaptiveSolver)
-    if isinstance(solver, _SELF_CONTROLLED) and stepsize_controller is None:
-        stepsize_controller = "bdf"
+
+    def counted(controller):
+        adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
+        if self_controlled and adaptive and not _reports(controller):
+            return CountingController(controller)
+        return controller
+
+    if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
+        return counted(stepsize_controller), getattr(stepsize_controller, "jump_ts", None)
     if stepsize_controller is None:
-        stepsize_controller = "pid" if adaptive_solver else "constant"
+        stepsize_controller = (
+            "solver" if self_controlled else "pid" if adaptive_solver else "constant"
+        )
     if stepsize_controller == "constant":
         if dt0 is None:
             raise ValueError(
@@ -249,14 +271,13 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
             )
         grid = _fixed_step_grid(t0, t1, dt0, dtype, max_steps)
         return (diffrax.ConstantStepSize() if grid is None else diffrax.StepTo(grid)), None
-    if isinstance(solver, _SELF_CONTROLLED) != (stepsize_controller == "bdf"):
-        raise ValueError(
-            f"stepsize_controller={stepsize_controller!r} with {type(solver).__name__}: BDF "
-            "and Rodas3 choose their own steps (leave stepsize_controller=None, or use "
-            "'constant' with dt0, or a solvers.BDFController)"
-        )
-    if stepsize_controller == "bdf":
-        controller = BDFController(rtol=rtol, atol=atol)
+    if stepsize_controller == "solver":
+        if not self_controlled:
+            raise ValueError(
+                f"stepsize_controller='solver' needs a solver that chooses its own steps "
+                f"(bdf, ndf, rodas3), not {type(solver).__name__}: use 'pid' or 'constant'"
+            )
+        controller = SolverStepController(rtol=rtol, atol=atol)
     elif stepsize_controller == "pid":
         if not adaptive_solver:
             raise ValueError(
@@ -266,20 +287,34 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
     else:
         raise ValueError(
-            f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant' or "
-            "a diffrax.AbstractStepSizeController"
+            f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant', "
+            "'solver' (BDF, NDF, Rodas3) or a diffrax.AbstractStepSizeController"
         )
     if jump_ts is None or np.size(jump_ts) == 0:
-        return controller, None
+        return counted(controller), None
     jump_ts = jnp.asarray(jump_ts, dtype)
     clipped = diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
-    return clipped, clipped.jump_ts
+    return counted(clipped), clipped.jump_ts
 
 
-def _bdf_controller(controller) -> BDFController | None:
-    if isinstance(controller, diffrax.ClipStepSizeController):
-        controller = controller.controller
-    return controller if isinstance(controller, BDFController) else None
+def _with_tolerances(solver, controller, rtol, atol):
+    """`solver` with every `FROM_CONTROLLER` tolerance of its root finder filled in, as
+    `diffeqsolve` would do (here, before the solver is wrapped): from an adaptive
+    controller, or under fixed steps from `rtol`/`atol` and the RMS norm."""
+    if not isinstance(solver, diffrax.AbstractImplicitSolver):
+        return solver
+    if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+        given = {"rtol": controller.rtol, "atol": controller.atol, "norm": controller.norm}
+    else:
+        given = {"rtol": rtol, "atol": atol, "norm": optx.rms_norm}
+    names = [k for k in given if getattr(solver.root_finder, k, None) is FROM_CONTROLLER]
+    if not names:
+        return solver
+    return eqx.tree_at(
+        lambda s: tuple(getattr(s.root_finder, k) for k in names),
+        solver,
+        tuple(given[k] for k in names),
+    )
 
 
 def _saveat(saveat):
@@ -356,7 +391,6 @@ def solve(
     Returns:
         A `Solution` with `.ts`, `.ys`, `.stats` (see `stiffnode.stats`) and `.result`.
     """
-    named = isinstance(solver, str)
     solver = get_solver(solver)
     max_steps = positive_int("max_steps", max_steps)
     # As arrays, so that a new tolerance does not recompile the solve.
@@ -385,25 +419,19 @@ def solve(
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
-    unset_tolerances = (
-        isinstance(solver, _SELF_CONTROLLED) and solver.root_finder.rtol is _FROM_CONTROLLER
-    )
-    if (named or unset_tolerances) and fixed_steps and isinstance(
-        solver, diffrax.AbstractImplicitSolver
-    ):
-        # Fixed steps: the Newton iterations (and Rodas3's unused error test) take their
-        # tolerances from rtol/atol.
-        root_finder = type(solver.root_finder)(rtol=rtol, atol=atol, norm=optx.rms_norm)
-        solver = eqx.tree_at(lambda s: s.root_finder, solver, root_finder)
+    solver = _with_tolerances(solver, controller, rtol, atol)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(*given_times[:2]):
         stepping_solver = JumpAwareSolver(solver, jump_ts)
-    adaptive_start = dt0 is None and not fixed_steps
-    own_controller = _bdf_controller(controller) is not None
-    if adaptive_start and not own_controller:  # BDFController picks the first step itself
+    counting = _reports(controller)
+    # The first step is chosen here (two evaluations), except by SolverStepController.
+    adaptive_start = dt0 is None and not fixed_steps and not (
+        counting and controller.norm.solver_steps
+    )
+    if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     saveat = _saveat(saveat)
-    if own_controller:  # its state holds the solver's work counts (BDF, Rodas3)
+    if counting:  # its state holds the solver's work counts (BDF, Rodas3)
         saveat = diffrax.SaveAt(
             subs=saveat.subs,
             dense=saveat.dense,
@@ -444,11 +472,6 @@ def solve(
     if jump_ts is not None:
         lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
         num_jumps = jnp.sum((jump_ts > lo) & (jump_ts < hi))
-    bdf_stats = None
-    if own_controller:
-        state = sol.controller_state
-        bdf_stats = (
-            state.inner_state if isinstance(controller, diffrax.ClipStepSizeController) else state
-        )
-    stats = solver_stats(solver, terms, sol.stats, adaptive_start, num_jumps, bdf_stats)
+    counts = solver_stats_of(sol.controller_state) if counting else None
+    stats = solver_stats(solver, terms, sol.stats, adaptive_start, num_jumps, counts)
     return Solution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result, solution=sol)

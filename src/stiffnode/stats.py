@@ -41,7 +41,8 @@ import diffrax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from .solvers.bdf_controller import STAT_KEYS, BDFStats
+from .solvers.controllers import SolverStats
+from .solvers.self_controlled import STAT_KEYS
 
 NOT_COUNTED = -1
 
@@ -83,18 +84,21 @@ def solver_stats(
     diffrax_stats: dict[str, Int[Array, ""]],
     adaptive_start: bool,
     num_jumps: Int[Array, ""] | int = 0,
-    bdf_stats: BDFStats | None = None,
+    solver_counts: SolverStats | None = None,
 ) -> dict[str, Int[Array, ""]]:
     """All the statistics above for a solve, from diffrax's step counts and, for BDF, the
-    counts its controller collected (`bdf_stats`)."""
+    counts its controller collected (`solver_counts`)."""
     num_steps = diffrax_stats["num_steps"]
     stats = {
         "num_steps": num_steps,
         "num_accepted_steps": diffrax_stats["num_accepted_steps"],
         "num_rejected_steps": diffrax_stats["num_rejected_steps"],
     }
-    if bdf_stats is not None:
-        return stats | bdf_stats.as_dict()
+    if solver_counts is not None:
+        counted = solver_counts.as_dict()
+        # The first step chosen by `solve` (two evaluations) is outside the solver's counts.
+        counted["num_vf_evals"] = counted["num_vf_evals"] + (2 if adaptive_start else 0)
+        return stats | counted
     num_vf_evals = count_vf_evals(solver, terms, num_steps, adaptive_start, num_jumps)
     stats["num_vf_evals"] = num_vf_evals
     explicit = _evals_per_step_and_init(solver) is not None

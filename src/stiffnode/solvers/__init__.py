@@ -1,22 +1,46 @@
-"""stiffnode's own diffrax solvers and solver wrappers."""
+"""stiffnode's own diffrax solvers, their controllers and solver wrappers."""
 
 from .bdf import BDF, BDFInterpolation, BDFState
-from .bdf_controller import STAT_KEYS, BDFController, BDFStats, BDFStepReport
+from .controllers import (
+    BDFController,
+    BDFStats,
+    CountingController,
+    SolverStats,
+    SolverStepController,
+    solver_stats_of,
+)
 from .initial_step import initial_step_size
 from .jump_aware import JumpAwareSolver
-from .rosenbrock import RODAS3, Rodas3, RosenbrockTableau
+from .rosenbrock import RODAS3, Rodas3, RosenbrockState, RosenbrockTableau
+from .self_controlled import (
+    FROM_CONTROLLER,
+    STAT_KEYS,
+    AbstractSelfControlledSolver,
+    ControllerTolerances,
+    ReportingNorm,
+    StepReport,
+)
 
 __all__ = [
     "BDF",
+    "FROM_CONTROLLER",
+    "RODAS3",
     "STAT_KEYS",
+    "AbstractSelfControlledSolver",
     "BDFController",
     "BDFInterpolation",
     "BDFState",
     "BDFStats",
-    "BDFStepReport",
+    "ControllerTolerances",
+    "CountingController",
     "JumpAwareSolver",
-    "RODAS3",
+    "ReportingNorm",
     "Rodas3",
+    "RosenbrockState",
     "RosenbrockTableau",
+    "SolverStats",
+    "SolverStepController",
+    "StepReport",
     "initial_step_size",
+    "solver_stats_of",
 ]

@@ -34,12 +34,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
-import optimistix as optx
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from .bdf_controller import BDFStepReport
 from .krylov import gmres
+from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
@@ -133,56 +131,30 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
         return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
 
 
-# diffrax's marker for "take this tolerance from the step-size controller".
-_FROM_CONTROLLER = diffrax.with_stepsize_controller_tols(optx.Newton)().rtol
-
-
-class _NewtonTolerances(eqx.Module):
-    """Filled in by `diffeqsolve` from the step-size controller (`rtol`, `atol`, `norm`)."""
-
-    rtol: object = _FROM_CONTROLLER
-    atol: object = _FROM_CONTROLLER
-    norm: object = _FROM_CONTROLLER
-
-
-def _controller_tolerances(solver) -> tuple:
-    """`(rtol, atol, norm)` that `diffeqsolve` filled into a self-controlled solver's
-    `root_finder` from its `BDFController`; a clear error where they were never filled."""
-    tols = solver.root_finder
-    if tols.rtol is _FROM_CONTROLLER:
-        raise ValueError(
-            f"stiffnode.solvers.{type(solver).__name__} takes its tolerances from the "
-            "step-size controller: use stepsize_controller="
-            "stiffnode.solvers.BDFController(rtol=..., atol=...)"
-        )
-    return tols.rtol, tols.atol, tols.norm
-
-
-def _flat_field(terms, y0, args) -> tuple[Callable, Array, Callable]:
-    """`(fn, flat_y0, unravel)`: the vector field on the flattened state, `fn(t, y_flat)`."""
-    flat_y0, unravel = ravel_pytree(y0)
-
-    def fn(t, y):
-        return ravel_pytree(terms.vf(t, unravel(y), args))[0]
-
-    return fn, flat_y0, unravel
-
-
 def _dense_jacobian(fn, t, y):
     return jax.jacfwd(lambda z: fn(t, z))(y)
 
 
-class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
+class BDF(AbstractSelfControlledSolver):
     """Variable-order (1 to `max_order`) BDF, or NDF with `ndf=True`, for stiff ODEs.
 
-    Use with `BDFController(rtol, atol)`, which supplies the tolerances (also used for the
-    Newton iterations, as in diffrax's implicit solvers) and collects the statistics:
+    Works under any diffrax step-size controller. Best with
+    `SolverStepController(rtol, atol)` (alias `BDFController`): BDF then chooses step and
+    order together, as scipy's BDF and CVODE do, and the controller counts the work:
 
         diffrax.diffeqsolve(diffrax.ODETerm(f), BDF(), t0, t1, None, y0,
-                            stepsize_controller=BDFController(rtol=1e-6, atol=1e-9))
+                            stepsize_controller=SolverStepController(rtol=1e-6, atol=1e-9))
 
-    A step of order k is accepted when its local error estimate
-    `e = C_k (y_{n+1} - y_pred)` satisfies `||e_i / (atol + rtol |y_{n+1,i}|)||_rms <= 1`.
+    Under `diffrax.PIDController` the controller picks the step from BDF's error estimate
+    and BDF picks its order (among k - 1, k, k + 1, after k + 1 steps at order k); under
+    `ConstantStepSize`/`StepTo` the steps are fixed and the order rises from 1 as the
+    history allows (give the Newton tolerances as `root_finder=ControllerTolerances(rtol,
+    atol, norm)` or `diffrax.VeryChord(rtol=..., atol=...)`; a Newton failure then ends the
+    solve). Reverse time, complex states (solved as real and imaginary parts) and pytrees
+    are supported.
+
+    A step of order k has the local error estimate `e = C_k (y_{n+1} - y_pred)`; under its
+    own controller it is accepted when `||e_i / (atol + rtol |y_{n+1,i}|)||_rms <= 1`.
 
     Args:
         max_order: highest order used, 1 to 5.
@@ -199,11 +171,11 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             often with older factors, and each retry re-evaluates J).
         root_find_max_steps: Newton iterations per step attempt (4, as scipy's BDF).
         root_finder: where the Newton tolerances come from: any object with `rtol`, `atol`
-            and `norm` (e.g. `diffrax.VeryChord(rtol=..., atol=...)`); by default they are
-            taken from the step-size controller. Needed only under fixed steps. BDF runs
-            its own simplified Newton iteration (at most `root_find_max_steps`, stopped when the
-            contraction rate predicts the error `rate / (1 - rate) ||dy||` falls below
-            `max(10 eps / rtol, min(0.03, sqrt(rtol)))` in the tolerance-scaled norm).
+            and `norm`; by default (`ControllerTolerances()`) the adaptive step-size
+            controller's. BDF runs its own simplified Newton iteration (at most
+            `root_find_max_steps`, stopped when the contraction rate predicts the error
+            `rate / (1 - rate) ||dy||` falls below `max(10 eps / rtol, min(0.03,
+            sqrt(rtol)))` in the tolerance-scaled norm).
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -215,7 +187,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     gmres_rtol: float = eqx.field(default=1e-3, static=True)
     gmres_restart: int = eqx.field(default=30, static=True)
     max_c_change: float = eqx.field(default=0.1, static=True)
-    root_finder: object = _NewtonTolerances()
+    root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=NEWTON_MAXITER, static=True)
 
     def __check_init__(self):
@@ -230,13 +202,17 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         return None  # variable: 1 to max_order
 
     def error_order(self, terms):
-        return 2  # the start-up order 1 (only used by controllers other than BDFController)
+        # For controllers other than SolverStepController, which use one exponent for every
+        # order k = 1..max_order (local error ~ h^(k+1)): with q = (max_order + 3) / 2 the
+        # controller's correction err^(1 - (k+1)/q) contracts at every order
+        # (0 < (k+1)/q < 2), never overshooting into rejection cycles.
+        return (self.max_order + 3) / 2
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
     def init(self, terms, t0, t1, y0, args) -> BDFState:
-        flat, _ = ravel_pytree(y0)
+        field, flat = FlatField.of(terms, t0, t1, y0, args)
         n = flat.shape[0]
         dtype = flat.dtype
         tdtype = jnp.result_type(t0, t1)
@@ -246,7 +222,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             jac=jnp.zeros((size, size), dtype),
             lu=jnp.zeros((size, size), dtype),
             piv=jnp.zeros((size,), jnp.int32),
-            lu_c=jnp.array(jnp.nan, tdtype),
+            lu_c=jnp.array(jnp.nan, dtype),
             t_lin=jnp.asarray(t0, tdtype),
             y_lin=flat,
             has_jac=jnp.array(False),
@@ -261,20 +237,19 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state: BDFState, made_jump):
-        rtol, atol, norm = _controller_tolerances(self)
-        fn, flat_y0, unravel = _flat_field(terms, y0, args)
+        fn, flat_y0 = FlatField.of(terms, t0, t1, y0, args)
         dtype = flat_y0.dtype
+        tdtype = jnp.result_type(t0, t1)
+        rtol, atol, norm = self.tolerances(dtype)
 
         # The Newton iterations, Jacobians and factorisations run on values without
         # gradients; the solution's gradient comes from the implicit function theorem.
-        dynamic, static = eqx.partition((terms, args), eqx.is_inexact_array)
-        terms_ng, args_ng = eqx.combine(jax.lax.stop_gradient(dynamic), static)
-
-        def fn_ng(t, y):
-            return ravel_pytree(terms_ng.vf(t, unravel(y), args_ng))[0]
+        fn_ng = fn.without_gradients()
+        sg = jax.lax.stop_gradient
 
         gamma, alpha, error_const = (jnp.asarray(c, dtype) for c in _coefficients(self.ndf))
-        h = t1 - t0
+        h = jnp.asarray(t1 - t0, tdtype)
+        h_y = h.astype(dtype)
         state = solver_state
         num_f = jnp.array(0, jnp.int32)
 
@@ -282,15 +257,19 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         restart = state.restart | jnp.asarray(made_jump)
 
         def restarted(_):
-            D = jnp.zeros_like(state.D).at[0].set(flat_y0).at[1].set(h * fn(t0, flat_y0))
+            D = jnp.zeros_like(state.D).at[0].set(flat_y0).at[1].set(h_y * fn(t0, flat_y0))
             return D, jnp.array(1, jnp.int32), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32)
 
         def rescaled(_):
-            factor = jax.lax.stop_gradient(h / state.h)
-            changed = jnp.abs(factor - 1) > 1e-10
-            ru = _difference_rescaling(state.order, factor.astype(dtype))
+            factor = sg(h / state.h).astype(dtype)
+            ru = _difference_rescaling(state.order, factor)
             D = state.D.at[:_K].set(ru.T @ state.D[:_K])
-            n_equal = jnp.where(changed, 0, state.n_equal_steps)
+            # Under its own controller BDF changes order only after order + 1 steps of one
+            # size (Shampine & Reichelt); under another controller, which changes h every
+            # step, after order + 1 steps at one order.
+            changed = jnp.abs(factor - 1) > 1e-10
+            reset = changed if self.follows_own_steps else jnp.array(False)
+            n_equal = jnp.where(reset, 0, state.n_equal_steps)
             return D, state.order, n_equal, jnp.array(0, jnp.int32)
 
         D, order, n_equal_steps, f_restart = jax.lax.cond(restart, restarted, rescaled, None)
@@ -299,13 +278,12 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         rows = jnp.arange(_K + 2)
         y_predict = jnp.sum(jnp.where((rows <= order)[:, None], D, 0.0), axis=0)
         scale = atol + rtol * jnp.abs(y_predict)
-        psi = (jnp.where((rows[1:_K] <= order)[:, None], D[1:_K], 0.0).T @ gamma[1:_K]) / alpha[
-            order
-        ]
-        c = (h / alpha[order]).astype(dtype)
-        newton_tol = jnp.maximum(10 * jnp.finfo(dtype).eps / rtol, jnp.minimum(0.03, rtol**0.5))
+        lower = jnp.where((rows[1:_K] <= order)[:, None], D[1:_K], 0.0)
+        psi = (lower.T @ gamma[1:_K]) / alpha[order]
+        c = h_y / alpha[order]
+        eps = jnp.asarray(jnp.finfo(dtype).eps, dtype)
+        newton_tol = jnp.maximum(10 * eps / rtol, jnp.minimum(0.03, jnp.sqrt(rtol)))
 
-        sg = jax.lax.stop_gradient
         newton_args = (fn_ng, sg(t1), sg(y_predict), sg(c), sg(psi), sg(scale), newton_tol, norm)
         matrix = state.newton
         matrix, num_jac, num_lu = self._refresh(
@@ -313,11 +291,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
         d, n_iter, converged, num_jvp = self._newton(*newton_args, matrix)
         num_f = num_f + n_iter
-        # Newton failed with a Jacobian from an earlier step: re-evaluate it and try again.
         # Newton failed with a Jacobian or factors from an earlier step: refresh and try
         # again. As CVODE does: if c drifted by more than 20% since the factorisation, blame
         # the factors and refactorise only; otherwise re-evaluate J too.
-        fresh_factors = matrix.lu_c == c.astype(matrix.lu_c.dtype)
+        fresh_factors = matrix.lu_c == c
         retry = ~converged & ~((num_jac > 0) & fresh_factors)
         blame_jac = (num_jac == 0) & (jnp.abs(c / matrix.lu_c - 1) <= 0.2)
 
@@ -344,7 +321,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         y_new = y_predict + d
         scale_new = atol + rtol * jnp.abs(y_new)
         safety = 0.9 * (2 * self.root_find_max_steps + 1) / (2 * self.root_find_max_steps + n_iter)
-        error_norm = norm(error_const[order] * d / scale_new)
+        error = error_const[order] * d
+        error_norm = norm(error / scale_new)
         error_ok = converged & (error_norm <= 1)
 
         # Differences of the accepted step: D_{order+2} = d - D_{order+1}, D_{order+1} = d,
@@ -355,7 +333,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         D_new = D_new.at[order + 1].set(d).at[order + 2].set(d - D[order + 1])
         n_equal_new = n_equal_steps + 1
 
-        # Order and step: after order + 1 steps of equal size, choose among k-1, k, k+1.
+        # Order and step: after order + 1 steps (see `rescaled`), choose among k-1, k, k+1.
         def norm_or_inf(k, row):
             est = norm(error_const[k] * D_new[row] / scale_new)
             return jnp.where((k >= 1) & (k <= self.max_order), est, jnp.inf)
@@ -365,14 +343,15 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         norms = jnp.stack([error_m, error_norm, error_p])
         exponents = -1.0 / (order + jnp.arange(3)).astype(dtype)
         factors = norms**exponents  # inf for a zero estimate, 0 for a missing one
-        best = jnp.argmax(factors)
+        best = jnp.argmax(factors).astype(jnp.int32)
         change = n_equal_new >= order + 1
         order_new = jnp.where(change, order + best - 1, order)
+        n_equal_new = jnp.where(order_new != order, 0, n_equal_new)
         accept_factor = jnp.where(change, jnp.minimum(MAX_FACTOR, safety * factors[best]), 1.0)
 
         reject_factor = jnp.where(
             converged,
-            jnp.maximum(MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1))),
+            jnp.maximum(MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1).astype(dtype))),
             0.5,
         )
         reject_factor = jnp.where(jnp.isfinite(reject_factor), reject_factor, MIN_FACTOR)
@@ -386,30 +365,27 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             restart=jnp.array(False),
             newton=matrix,
         )
-        report = BDFStepReport.of(
+        y_error = self.error_output(
+            fn.to_tree(error),
+            failed=~converged,
             accepted=error_ok,
-            next_dt=jax.lax.stop_gradient(jnp.abs(h) * factor),
+            next_dt=h * factor.astype(tdtype),
             order=order,
-            num_vf_evals=num_f,
-            num_jac_evals=num_jac,
-            num_jvp_evals=num_jvp,
-            num_lu_decompositions=num_lu,
-            num_newton_iters=num_iters,
-            newton_failure=~converged,
-            error_test_failure=converged & ~error_ok,
+            counts=(num_f, num_jac, num_jvp, num_lu, num_iters, ~converged, ~error_ok),
+            tdtype=tdtype,
         )
         dense_info = dict(
-            D=jax.vmap(unravel)(D_new[:_K]),
-            h=jnp.asarray(h),
-            order=order.astype(dtype),  # float: diffrax pre-fills dense buffers with inf
+            D=jax.vmap(fn.to_tree)(D_new[:_K]),
+            h=h,
+            order=order.astype(tdtype),  # float: diffrax pre-fills dense buffers with inf
         )
-        y1 = unravel(y_new)
-        # Only seen when the step is kept: BDFController rejects and retries a failed step;
-        # under fixed steps a Newton failure ends the solve.
+        y1 = fn.to_tree(y_new)
+        # Under fixed steps a Newton failure ends the solve; an adaptive controller rejects
+        # the step (its error estimate is inf) and retries.
         result = diffrax.RESULTS.where(
             converged, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
         )
-        return y1, report, dense_info, new_state, result
+        return y1, y_error, dense_info, new_state, result
 
     # -- linear algebra --------------------------------------------------------------------
 

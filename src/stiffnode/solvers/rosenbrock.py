@@ -14,10 +14,20 @@ Jacobian-vector products at `(t0, y0)`. A gradient flow's `J` is minus the Hessi
 latter costs Hessian-vector products only. The solves are `jax.lax.custom_linear_solve`s,
 so reverse-mode gradients through a solve work on both paths.
 
-Like `BDF`, the solver decides acceptance and the next step itself and reports its work to
-`BDFController` (`stiffnode.solve(..., solver="rodas3")` pairs them): a step is accepted
-when `||err_i / (atol + rtol max(|y0_i|, |y1_i|))||_rms <= 1`, and the next step is
-`h * clip(0.9 err^(-1/3), 0.2, 6)` (at most `h` after a rejection).
+An ordinary diffrax adaptive solver: its embedded error estimate drives any controller
+(`diffrax.PIDController`, or `SolverStepController`, which applies the same rule as a PI
+controller without memory: a step is accepted when
+`||err_i / (atol + rtol max(|y0_i|, |y1_i|))||_rms <= 1`, the next step is
+`h * clip(0.9 err^(-1/3), 0.2, 6)`, at most `h` after a rejection, and the work is
+counted). `f(t1, y1)` is carried to the next step as its first stage (first same as
+last), and with `f(t0, y0)` gives the cubic Hermite dense output, of the method's order 3.
+
+A stability guard: the stability function `R(z)` of a Rosenbrock method has its pole at
+`z = 1 / gamma`. Where `h J` has a real eigenvalue beyond it (a growing mode, e.g. near a
+blow-up of `y' = y^2`), the step has no relation to the solution, while the error estimate
+can be tiny. Such a step is rejected: with dense linear algebra this is seen as a
+non-positive `det(I - h gamma J)` (positive for small `h`; it changes sign as an eigenvalue
+of `h gamma J` crosses 1), read off the LU factors.
 """
 
 from collections.abc import Callable
@@ -29,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
+from jaxtyping import Array, Bool, Float, Int
 
-from .bdf import _controller_tolerances, _flat_field, _NewtonTolerances
-from .bdf_controller import BDFStepReport
 from .krylov import gmres
+from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 
 MIN_FACTOR = 0.2
 MAX_FACTOR = 6.0
@@ -72,10 +82,25 @@ RODAS3 = RosenbrockTableau(
 )
 
 
-class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
+def lu_determinant_is_positive(lu: Float[Array, "n n"], piv: Int[Array, " n"]) -> Bool[Array, ""]:
+    """`det(A) > 0` from `jax.scipy.linalg.lu_factor(A)`: the sign of `prod(diag(U))` times
+    `(-1)^(row interchanges)`."""
+    swaps = jnp.sum(piv != jnp.arange(piv.shape[0], dtype=piv.dtype))
+    negative = jnp.sum(jnp.diag(lu) < 0) + swaps
+    return jnp.all(jnp.diag(lu) != 0) & (negative % 2 == 0)
+
+
+class RosenbrockState(eqx.Module):
+    """`f(t0, y0)` (flat, real), carried from the last step's `f(t1, y1)`."""
+
+    f0: Array
+
+
+class Rodas3(AbstractSelfControlledSolver):
     """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 (module docstring).
 
-    Use with `BDFController(rtol, atol)` (tolerances, first step, statistics), as `BDF`.
+    Works under any diffrax step-size controller; `SolverStepController(rtol, atol)` also
+    counts its work. Under fixed steps no tolerances are needed with `linear_solver="lu"`.
 
     Args:
         linear_solver: `"lu"` (dense Jacobian by jacfwd, one LU per step) or `"gmres"`
@@ -87,13 +112,13 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         gmres_restart: GMRES restart length.
         autonomous: `f` does not depend on `t`: the `df/dt` term (one more JVP per step)
             is skipped. With `False` it is computed by forward-mode autodiff in `t`.
-        root_finder: where the tolerances come from (as for `BDF`): by default the step-size
-            controller; under fixed steps any object with `rtol`, `atol`, `norm`.
+        root_finder: where the tolerances come from (as for `BDF`): by default the adaptive
+            step-size controller; under fixed steps any object with `rtol`, `atol`, `norm`.
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
-        diffrax.LocalLinearInterpolation
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
     )
     tableau: ClassVar[RosenbrockTableau] = RODAS3
 
@@ -101,7 +126,7 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     gmres_rtol: float = eqx.field(default=1e-6, static=True)
     gmres_restart: int = eqx.field(default=30, static=True)
     autonomous: bool = eqx.field(default=False, static=True)
-    root_finder: object = _NewtonTolerances()
+    root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=0, static=True)  # no Newton iteration
 
     def __check_init__(self):
@@ -119,31 +144,45 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def init(self, terms, t0, t1, y0, args):
-        return None
+    def init(self, terms, t0, t1, y0, args) -> RosenbrockState:
+        fn, flat_y0 = FlatField.of(terms, t0, t1, y0, args)
+        return RosenbrockState(fn(t0, flat_y0))
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump  # one-step method: nothing carried over
-        rtol, atol, norm = _controller_tolerances(self)
-        fn, flat_y0, unravel = _flat_field(terms, y0, args)
+    def _needs_tolerances(self) -> bool:
+        return self.reports or self.linear_solver == "gmres"
+
+    def step(self, terms, t0, t1, y0, args, solver_state: RosenbrockState, made_jump):
+        fn, flat_y0 = FlatField.of(terms, t0, t1, y0, args)
         tab = self.tableau
         dtype = flat_y0.dtype
-        h = (t1 - t0).astype(dtype)
+        tdtype = jnp.result_type(t0, t1)
+        rtol, atol, norm = (
+            self.tolerances(dtype) if self._needs_tolerances() else (None, None, None)
+        )
+        h = jnp.asarray(t1 - t0, tdtype).astype(dtype)
 
-        if self.linear_solver == "lu":
-            f0 = fn(t0, flat_y0)
+        # First same as last: f(t0, y0) is the previous step's f(t1, y1), except after a
+        # jump in the vector field.
+        if made_jump is False:
+            f0, fresh = solver_state.f0, 0
         else:
-            f0, jvp = jax.linearize(lambda y: fn(t0, y), flat_y0)
+            f0 = jax.lax.cond(made_jump, lambda: fn(t0, flat_y0), lambda: solver_state.f0)
+            fresh = jnp.asarray(made_jump).astype(jnp.int32)
+        if self.linear_solver == "gmres":
+            _, jvp = jax.linearize(lambda y: fn(t0, y), flat_y0)
         num_jvp = jnp.array(0, jnp.int32)
         if self.autonomous:
             f_t = jnp.zeros_like(flat_y0)
         else:
-            f_t = jax.jvp(lambda t: fn(t, flat_y0), (t0,), (jnp.ones_like(t0),))[1]
+            t0_ = jnp.asarray(t0, tdtype)
+            f_t = jax.jvp(lambda t: fn(t, flat_y0), (t0_,), (jnp.ones_like(t0_),))[1]
             num_jvp = num_jvp + 1
-        c = h * tab.gamma  # the systems are (I - c J) K = c rhs
+        c = h * float(tab.gamma)  # the systems are (I - c J) K = c rhs
+        stable = jnp.array(True)
         if self.linear_solver == "lu":
             jac = jax.jacfwd(lambda y: fn(t0, y))(flat_y0)
             factors = jsl.lu_factor(jnp.eye(jac.shape[0], dtype=dtype) - c * jac)
+            stable = lu_determinant_is_positive(*jax.lax.stop_gradient(factors))
 
             def solve(rhs):
                 return jsl.lu_solve(factors, c * rhs), jnp.array(0, jnp.int32)
@@ -155,7 +194,7 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
             # A stage's solve error goes straight into y1 and the error estimate: no looser
             # than the step's own relative tolerance.
-            solve_rtol = jnp.minimum(self.gmres_rtol, rtol)
+            solve_rtol = jnp.minimum(jnp.asarray(self.gmres_rtol, dtype), rtol)
 
             def krylov(mv, b):
                 sol = gmres(mv, b, rtol=solve_rtol, restart=self.gmres_restart)
@@ -170,35 +209,45 @@ class Rodas3(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         f_i = f0
         for i in range(len(tab.m)):
             if i > 0 and tab.new_f[i]:
-                y_i = flat_y0 + sum(tab.a[i, j] * ks[j] for j in range(i) if tab.a[i, j])
-                f_i = fn(t0 + tab.alpha[i] * h, y_i)
-            rhs = f_i + sum((tab.c[i, j] / h) * ks[j] for j in range(i) if tab.c[i, j])
+                y_i = flat_y0 + sum(float(tab.a[i, j]) * ks[j] for j in range(i) if tab.a[i, j])
+                f_i = fn(t0 + float(tab.alpha[i]) * (t1 - t0), y_i)
+            rhs = f_i + sum((float(tab.c[i, j]) / h) * ks[j] for j in range(i) if tab.c[i, j])
             if tab.gammas[i] and not self.autonomous:
-                rhs = rhs + (tab.gammas[i] * h) * f_t
+                rhs = rhs + (float(tab.gammas[i]) * h) * f_t
             k_i, used = solve(rhs)
             ks.append(k_i)
             num_jvp = num_jvp + used
-        y_new = flat_y0 + sum(tab.m[i] * ks[i] for i in range(len(ks)) if tab.m[i])
-        err = sum(tab.e[i] * ks[i] for i in range(len(ks)) if tab.e[i])
-        scale = atol + rtol * jnp.maximum(jnp.abs(flat_y0), jnp.abs(y_new))
-        error_norm = jax.lax.stop_gradient(norm(err / scale))
-        finite = jnp.isfinite(error_norm) & jnp.all(jnp.isfinite(y_new))
-        accepted = finite & (error_norm <= 1)
-        factor = SAFETY * error_norm ** (-1.0 / tab.error_order)
-        factor = jnp.where(finite, factor, MIN_FACTOR)
-        factor = jnp.clip(factor, MIN_FACTOR, jnp.where(accepted, MAX_FACTOR, 1.0))
-        evaluations = 1 + sum(tab.new_f[1:])
-        report = BDFStepReport.of(
+        y_new = flat_y0 + sum(float(tab.m[i]) * ks[i] for i in range(len(ks)) if tab.m[i])
+        err = sum(float(tab.e[i]) * ks[i] for i in range(len(ks)) if tab.e[i])
+        f1 = fn(t1, y_new)
+        failed = ~stable | ~jnp.all(jnp.isfinite(y_new))
+        if self.reports:
+            scale = atol + rtol * jnp.maximum(jnp.abs(flat_y0), jnp.abs(y_new))
+            error_norm = jax.lax.stop_gradient(norm(err / scale))
+            finite = jnp.isfinite(error_norm) & ~failed
+            accepted = finite & (error_norm <= 1)
+            factor = SAFETY * error_norm ** (-1.0 / tab.error_order)
+            factor = jnp.where(finite, factor, MIN_FACTOR)
+            factor = jnp.clip(factor, MIN_FACTOR, jnp.where(accepted, MAX_FACTOR, 1.0))
+        else:
+            accepted = factor = jnp.array(0.0, dtype)
+        lu = int(self.linear_solver == "lu")
+        y_error = self.error_output(
+            fn.to_tree(err),
+            failed=failed,
             accepted=accepted,
-            next_dt=jax.lax.stop_gradient(jnp.abs(h) * factor),
+            next_dt=jnp.asarray(t1 - t0, tdtype) * factor.astype(tdtype),
             order=tab.order,
-            num_vf_evals=evaluations,
-            num_jac_evals=int(self.linear_solver == "lu"),
-            num_jvp_evals=num_jvp,
-            num_lu_decompositions=int(self.linear_solver == "lu"),
-            num_newton_iters=0,
-            newton_failure=False,
-            error_test_failure=~accepted,
+            # Stage evaluations (those not shared with an earlier stage) and f(t1, y1).
+            counts=(fresh + sum(tab.new_f[1:]) + 1, lu, num_jvp, lu, 0, 0, 0),
+            tdtype=tdtype,
+            setup_vf_evals=1,
         )
-        y1 = unravel(y_new)
-        return y1, report, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+        y1 = fn.to_tree(y_new)
+        # The Hermite data in solver time: k = h dy/ds at both ends.
+        k = jax.tree.map(
+            lambda a, b: jnp.stack([a, b]), fn.to_tree(h * f0), fn.to_tree(h * f1)
+        )
+        dense_info = dict(y0=y0, y1=y1, k=k)
+        new_state = RosenbrockState(f1)
+        return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
