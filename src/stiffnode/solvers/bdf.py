@@ -66,8 +66,8 @@ def _difference_rescaling(order: Int[Array, ""], factor: Float[Array, ""]) -> Ar
     `R(factor) U` with `R_ij = prod_{m<=i} (m - 1 - factor j) / m` (Shampine & Reichelt
     1997, section 2.2; `U = R(1)`) on the leading `order + 1` rows, identity beyond.
     """
-    i = jnp.arange(1, _K)[:, None]
-    j = jnp.arange(1, _K)[None, :]
+    i = jnp.arange(1, _K, dtype=factor.dtype)[:, None]
+    j = jnp.arange(1, _K, dtype=factor.dtype)[None, :]
 
     def r(f):
         m = jnp.ones((_K, _K), factor.dtype)
@@ -75,7 +75,7 @@ def _difference_rescaling(order: Int[Array, ""], factor: Float[Array, ""]) -> Ar
         m = m.at[1:, 0].set(0.0)
         return jnp.cumprod(m, axis=0)
 
-    inside = jnp.arange(_K) <= order
+    inside = jnp.arange(_K, dtype=order.dtype) <= order
     mask = inside[:, None] & inside[None, :]
     ru = jnp.where(mask, r(factor), 0.0) @ jnp.where(mask, r(jnp.ones_like(factor)), 0.0)
     return ru + jnp.diag(jnp.where(inside, 0.0, 1.0).astype(ru.dtype))
@@ -118,7 +118,7 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
     order: Array
 
     def _value(self, t):
-        m = jnp.arange(_K - 1)
+        m = jnp.arange(_K - 1, dtype=self.h.dtype)
         x = (t - (self.t1 - m * self.h)) / ((m + 1) * self.h)
         p = jnp.cumprod(jnp.where(m < self.order, x, 0.0))
         weights = jnp.concatenate([jnp.ones((1,), p.dtype), p])
@@ -275,7 +275,7 @@ class BDF(AbstractSelfControlledSolver):
         D, order, n_equal_steps, f_restart = jax.lax.cond(restart, restarted, rescaled, None)
         num_f = num_f + f_restart
 
-        rows = jnp.arange(_K + 2)
+        rows = jnp.arange(_K + 2, dtype=jnp.int32)
         y_predict = jnp.sum(jnp.where((rows <= order)[:, None], D, 0.0), axis=0)
         scale = atol + rtol * jnp.abs(y_predict)
         lower = jnp.where((rows[1:_K] <= order)[:, None], D[1:_K], 0.0)
@@ -320,7 +320,8 @@ class BDF(AbstractSelfControlledSolver):
 
         y_new = y_predict + d
         scale_new = atol + rtol * jnp.abs(y_new)
-        safety = 0.9 * (2 * self.root_find_max_steps + 1) / (2 * self.root_find_max_steps + n_iter)
+        newton_max = self.root_find_max_steps
+        safety = 0.9 * (2 * newton_max + 1) / (2 * newton_max + n_iter).astype(dtype)
         error = error_const[order] * d
         error_norm = norm(error / scale_new)
         error_ok = converged & (error_norm <= 1)
@@ -341,7 +342,7 @@ class BDF(AbstractSelfControlledSolver):
         error_m = norm_or_inf(order - 1, order)
         error_p = norm_or_inf(order + 1, order + 2)
         norms = jnp.stack([error_m, error_norm, error_p])
-        exponents = -1.0 / (order + jnp.arange(3)).astype(dtype)
+        exponents = -1.0 / (order + jnp.arange(3, dtype=jnp.int32)).astype(dtype)
         factors = norms**exponents  # inf for a zero estimate, 0 for a missing one
         best = jnp.argmax(factors).astype(jnp.int32)
         change = n_equal_new >= order + 1
@@ -464,9 +465,8 @@ class BDF(AbstractSelfControlledSolver):
             dy_norm = norm(dy / scale)
             rate = dy_norm / norm_old
             first = k == 0
-            diverging = ~first & (
-                (rate >= 1) | (rate ** (self.root_find_max_steps - k) / (1 - rate) * dy_norm > tol)
-            )
+            remaining = (self.root_find_max_steps - k).astype(rate.dtype)
+            diverging = ~first & ((rate >= 1) | (rate**remaining / (1 - rate) * dy_norm > tol))
             bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
             d = jnp.where(bad, d, d + dy)
             done = ~bad & ((dy_norm == 0) | (~first & (rate / (1 - rate) * dy_norm < tol)))

@@ -91,7 +91,9 @@ def lu_determinant_is_positive(lu: Float[Array, "n n"], piv: Int[Array, " n"]) -
 
 
 class RosenbrockState(eqx.Module):
-    """`f(t0, y0)` (flat, real), carried from the last step's `f(t1, y1)`."""
+    """`f(t0, y0)` (flat, real), carried from the last step's `f(t1, y1)`; zeros with
+    `linear_solver="gmres"`, whose linearisation at `(t0, y0)` evaluates `f(t0, y0)`
+    anyway."""
 
     f0: Array
 
@@ -146,6 +148,8 @@ class Rodas3(AbstractSelfControlledSolver):
 
     def init(self, terms, t0, t1, y0, args) -> RosenbrockState:
         fn, flat_y0 = FlatField.of(terms, t0, t1, y0, args)
+        if self.linear_solver == "gmres":
+            return RosenbrockState(jnp.zeros_like(flat_y0))
         return RosenbrockState(fn(t0, flat_y0))
 
     def _needs_tolerances(self) -> bool:
@@ -162,14 +166,15 @@ class Rodas3(AbstractSelfControlledSolver):
         h = jnp.asarray(t1 - t0, tdtype).astype(dtype)
 
         # First same as last: f(t0, y0) is the previous step's f(t1, y1), except after a
-        # jump in the vector field.
-        if made_jump is False:
+        # jump in the vector field, and on the matrix-free path (from the linearisation).
+        if self.linear_solver == "gmres":
+            f0, jvp = jax.linearize(lambda y: fn(t0, y), flat_y0)
+            fresh = 1
+        elif made_jump is False:
             f0, fresh = solver_state.f0, 0
         else:
             f0 = jax.lax.cond(made_jump, lambda: fn(t0, flat_y0), lambda: solver_state.f0)
             fresh = jnp.asarray(made_jump).astype(jnp.int32)
-        if self.linear_solver == "gmres":
-            _, jvp = jax.linearize(lambda y: fn(t0, y), flat_y0)
         num_jvp = jnp.array(0, jnp.int32)
         if self.autonomous:
             f_t = jnp.zeros_like(flat_y0)
@@ -241,7 +246,7 @@ class Rodas3(AbstractSelfControlledSolver):
             # Stage evaluations (those not shared with an earlier stage) and f(t1, y1).
             counts=(fresh + sum(tab.new_f[1:]) + 1, lu, num_jvp, lu, 0, 0, 0),
             tdtype=tdtype,
-            setup_vf_evals=1,
+            setup_vf_evals=int(self.linear_solver == "lu"),
         )
         y1 = fn.to_tree(y_new)
         # The Hermite data in solver time: k = h dy/ds at both ends.
