@@ -558,12 +558,21 @@ def test_gradient_flow_errors():
         (("bosh3",), {}, "unknown solver"),
         (("bdf",), {"linear_solver": "foo"}, "linear_solver"),
         (("tsit5",), {"linear_solver": "foo"}, "linear_solver"),
+        (("euler",), {}, "needs an adaptive solver"),
     ):
         with pytest.raises(ValueError, match=match):
             gradient_flow(loss, *args, **kwargs)
     opt = gradient_flow(loss, "tsit5")
     with pytest.raises(ValueError, match="needs the parameters"):
         opt.update(_zeros(P0), opt.init(P0))
+
+
+def test_gradient_flow_nan_loss_is_named():
+    """A loss that is NaN: the update says the vector field (the gradient) returned NaN, not
+    that the step budget ran out."""
+    opt = gradient_flow(lambda p: jnp.sum(p["a"] ** 2) * jnp.nan, "bdf", window=1.0)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="vector field returned NaN or inf"):
+        jax.block_until_ready(_jit(opt.update)(_zeros(P0), opt.init(P0), P0))
 
 
 def test_gradient_flow_step_budget():

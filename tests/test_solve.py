@@ -187,17 +187,65 @@ def test_unknown_solver_lists_known_ones():
         sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, solver="rk99")
 
 
-@pytest.mark.parametrize("tol", [{"rtol": 0.0}, {"atol": -1e-6}, {"rtol": -1.0}])
-def test_non_positive_tolerance(tol):
+@pytest.mark.parametrize(
+    "tol",
+    [{"rtol": 0.0}, {"atol": -1e-6}, {"rtol": -1.0}, {"rtol": np.inf, "atol": np.inf},
+     {"atol": np.nan}],
+)
+def test_tolerance_not_finite_and_positive(tol):
+    """rtol = atol = inf used to pass, and y' = -y to t = 10 returned 137.9."""
     name = next(iter(tol))
-    with pytest.raises(ValueError, match=f"{name} must be positive"):
+    with pytest.raises(ValueError, match=f"{name} must be finite and positive"):
         sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, **tol)
 
 
-def test_non_positive_tolerance_under_jit():
+@pytest.mark.parametrize("rtol", [-1.0, np.inf])
+def test_bad_tolerance_under_jit(rtol):
     f = jax.jit(lambda rtol: sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, rtol=rtol).ys)
-    with pytest.raises(RUNTIME_ERRORS, match="rtol must be positive"):
-        f(-1.0)
+    with pytest.raises(RUNTIME_ERRORS, match="rtol must be finite and positive"):
+        f(rtol)
+
+
+@pytest.mark.parametrize(
+    "times, message",
+    [
+        ({"t1": np.nan}, "t1 must be finite"),
+        ({"t0": np.nan, "solver": "bdf"}, "t0 must be finite"),
+        ({"dt0": 0.0, "solver": "euler"}, "dt0 must be finite and non-zero"),
+        ({"dt0": 0.0}, "dt0 must be finite and non-zero"),
+        ({"dt0": np.nan}, "dt0 must be finite and non-zero"),
+        ({"dt0": -0.1}, "dt0=-0.1 must point from t0"),
+    ],
+)
+def test_bad_times_name_the_argument(times, message):
+    """NaN t1 (or t0 with BDF) used to return y0; dt0 = 0 a ZeroDivisionError (euler) or an
+    exhausted step budget after 65,536 steps (tsit5)."""
+    kwargs = {"t0": 0.0, "t1": 1.0} | times
+    with pytest.raises(ValueError, match=message):
+        sn.solve(linear, jnp.asarray(Y0), **kwargs)
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "kvaerno5", "bdf", "rodas3"])
+def test_vector_field_turning_nan_is_named(solver):
+    """A field that returns NaN from t = 0.5 on: the error says so, and where (it used to say
+    "step budget exhausted")."""
+
+    def field(t, y, args):
+        return jnp.where(t > 0.5, jnp.nan, -y)
+
+    with pytest.raises(RUNTIME_ERRORS, match=r"vector field returned NaN or inf at t = 0\.5"):
+        sn.solve(field, jnp.ones(1), 0.0, 1.0, solver=solver)
+    under_jit = jax.jit(lambda y: sn.solve(field, y, 0.0, 1.0, solver=solver).ys)
+    with pytest.raises(RUNTIME_ERRORS, match="vector field returned NaN or inf"):
+        under_jit(jnp.ones(1))
+
+
+@pytest.mark.parametrize("solver", ["euler", "tsit5", "bdf", "rodas3"])
+def test_t0_equal_t1_is_the_same_for_every_solver(solver):
+    """`euler` with dt0 used to blame dt0 where the adaptive solvers returned y0."""
+    sol = sn.solve(linear, jnp.asarray(Y0), 0.5, 0.5, solver=solver, dt0=0.1)
+    np.testing.assert_array_equal(sol.ys[-1], Y0)
+    assert int(sol.stats["num_steps"]) == 0
 
 
 def test_y0_shape_mismatch_names_the_shapes():

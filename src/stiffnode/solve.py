@@ -19,6 +19,7 @@ from .solvers import (
     AbstractSelfControlledSolver,
     CountingController,
     JumpAwareSolver,
+    NonFiniteMonitor,
     ReportingNorm,
     Rodas3,
     SolverStepController,
@@ -115,12 +116,37 @@ def _is_traced(x) -> bool:
 
 
 def _check_tolerance(name: str, value):
+    """A tolerance: finite and positive (checked at run time under `jit`)."""
     if _is_traced(value):
-        return eqx.error_if(value, jnp.any(jnp.asarray(value) <= 0), f"{name} must be positive")
+        value = jnp.asarray(value)
+        bad = jnp.any(~jnp.isfinite(value) | (value <= 0))
+        return eqx.error_if(value, bad, f"{name} must be finite and positive")
     arr = np.asarray(value)
-    if arr.size == 0 or not np.all(arr > 0):
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError(f"{name} must be finite and positive, got {value!r}")
     return value
+
+
+def _check_times(t0, t1, dt0):
+    """`t0`, `t1` finite; `dt0` (when given) finite, non-zero and pointing from t0 to t1."""
+    checks = [("t0", t0, "finite"), ("t1", t1, "finite")]
+    if dt0 is not None:
+        checks.append(("dt0", dt0, "finite and non-zero"))
+    out = []
+    for name, value, what in checks:
+        xp = jnp if _is_traced(value) else np
+        arr = xp.asarray(value)
+        bad = ~xp.isfinite(arr) if name != "dt0" else ~xp.isfinite(arr) | (arr == 0)
+        if _is_traced(value):
+            out.append(eqx.error_if(value, bad, f"{name} must be {what}"))
+            continue
+        if bool(bad):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        out.append(value)
+    if dt0 is not None and not _is_traced((t0, t1, dt0)):
+        if float(t1) != float(t0) and (float(t1) - float(t0)) * float(dt0) < 0:
+            raise ValueError(f"dt0={dt0} must point from t0={t0} to t1={t1}")
+    return (*out, None) if dt0 is None else tuple(out)
 
 
 def _times_like_state(y0, t0, t1, dt0):
@@ -220,9 +246,9 @@ def _fixed_step_grid(t0, t1, dt0, dtype, max_steps):
         t0, t1, dt0 = float(t0), float(t1), float(dt0)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return None
+    if t0 == t1:
+        return None  # no step: diffrax's constant steps return y0 (StepTo cannot express it)
     ratio = (t1 - t0) / dt0
-    if not ratio > 0:
-        raise ValueError(f"dt0={dt0} must be non-zero and point from t0={t0} to t1={t1}")
     nearest = round(ratio)
     num_steps = nearest if abs(ratio - nearest) <= 1e-9 * ratio else int(np.ceil(ratio))
     num_steps = max(1, num_steps)
@@ -317,6 +343,28 @@ def _with_tolerances(solver, controller, rtol, atol):
     )
 
 
+def _raise_if_nonfinite(sol, monitored: bool, t0, t1):
+    """An error naming the vector field when a solve that could not go on (step budget
+    exhausted, step size underflow) had produced NaN or inf (`NonFiniteMonitor`); with the
+    time where it happened when the solve ran outside `jit`."""
+    if not monitored:
+        return sol
+    t_bad = sol.controller_state[1]
+    stuck = (sol.result == diffrax.RESULTS.max_steps_reached) | (
+        sol.result == diffrax.RESULTS.dt_min_reached
+    )
+    where = ""
+    if not _is_traced((t_bad, t0, t1)):
+        direction = -1.0 if float(t1) < float(t0) else 1.0
+        where = f" at t = {direction * float(t_bad):.6g}"
+    return eqx.error_if(
+        sol,
+        stuck & jnp.isfinite(t_bad),
+        f"stiffnode.solve: the vector field returned NaN or inf{where}, and the solver "
+        "could not step past it (every smaller step gave NaN or inf too)",
+    )
+
+
 def _saveat(saveat):
     if saveat is None:
         return diffrax.SaveAt(t1=True)
@@ -397,6 +445,7 @@ def solve(
     rtol = jnp.asarray(_check_tolerance("rtol", rtol))
     atol = jnp.asarray(_check_tolerance("atol", atol))
     terms = _terms(vector_field, solver)
+    t0, t1, dt0 = _check_times(t0, t1, dt0)
     given_times = (t0, t1, dt0)
     t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)
     y0 = _check_y0(terms, t0, y0, args)
@@ -424,6 +473,9 @@ def solve(
     if jump_ts is not None and _forward_in_time(*given_times[:2]):
         stepping_solver = JumpAwareSolver(solver, jump_ts)
     counting = _reports(controller)
+    monitored = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
+    if monitored:
+        controller = NonFiniteMonitor(controller)
     # The first step is chosen here (two evaluations), except by SolverStepController.
     adaptive_start = dt0 is None and not fixed_steps and not (
         counting and controller.norm.solver_steps
@@ -431,7 +483,7 @@ def solve(
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     saveat = _saveat(saveat)
-    if counting:  # its state holds the solver's work counts (BDF, Rodas3)
+    if monitored:  # its state holds where f was not finite, and the solver's work counts
         saveat = diffrax.SaveAt(
             subs=saveat.subs,
             dense=saveat.dense,
@@ -455,6 +507,7 @@ def solve(
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
     )
     if throw:
+        sol = _raise_if_nonfinite(sol, monitored, t0, t1)
         sol = eqx.error_if(
             sol,
             sol.result == diffrax.RESULTS.max_steps_reached,

@@ -146,7 +146,12 @@ def gradient_flow(
     for name, x in (("window", window), ("rtol", rtol), ("atol", atol)):
         _check_positive(name, x)
     positive_int("max_steps", max_steps)
-    flow_solver(solver, 1, linear_solver)  # unknown names fail here, not at the first update
+    # Unknown names and solvers without an error estimate fail here, not at the first update.
+    if not isinstance(flow_solver(solver, 1, linear_solver), diffrax.AbstractAdaptiveSolver):
+        raise ValueError(
+            f"gradient_flow needs an adaptive solver (one with an error estimate): {solver!r} "
+            "takes fixed steps only; use e.g. 'bdf', 'rodas3' or 'tsit5'"
+        )
     field = GradientFlowField(loss_fn)
 
     def init(params: PyTree[Array]) -> GradientFlowState:

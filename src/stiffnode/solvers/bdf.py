@@ -289,7 +289,7 @@ class BDF(AbstractSelfControlledSolver):
         matrix, num_jac, num_lu = self._refresh(
             fn_ng, sg(t1), sg(y_predict), sg(c), matrix, ~matrix.has_jac
         )
-        d, n_iter, converged, num_jvp = self._newton(*newton_args, matrix)
+        d, n_iter, converged, num_jvp, nonfinite = self._newton(*newton_args, matrix)
         num_f = num_f + n_iter
         # Newton failed with a Jacobian or factors from an earlier step: refresh and try
         # again. As CVODE does: if c drifted by more than 20% since the factorisation, blame
@@ -302,14 +302,16 @@ class BDF(AbstractSelfControlledSolver):
             m, nj, nlu = self._refresh(
                 fn_ng, sg(t1), sg(y_predict), sg(c), matrix, blame_jac, force_factor=True
             )
-            d2, it2, conv2, jvp2 = self._newton(*newton_args, m)
-            return m, nj, nlu, d2, it2, conv2, jvp2
+            d2, it2, conv2, jvp2, nonfinite2 = self._newton(*newton_args, m)
+            return m, nj, nlu, d2, it2, conv2, jvp2, nonfinite2
 
         def keep(_):
             zero = jnp.array(0, jnp.int32)
-            return matrix, zero, zero, d, zero, converged, zero
+            return matrix, zero, zero, d, zero, converged, zero, nonfinite
 
-        matrix, nj2, nlu2, d, n_iter2, converged, jvp2 = jax.lax.cond(retry, again, keep, None)
+        matrix, nj2, nlu2, d, n_iter2, converged, jvp2, nonfinite = jax.lax.cond(
+            retry, again, keep, None
+        )
         num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
         num_jvp = num_jvp + jvp2
         num_iters = num_f - f_restart
@@ -380,7 +382,9 @@ class BDF(AbstractSelfControlledSolver):
             h=h,
             order=order.astype(tdtype),  # float: diffrax pre-fills dense buffers with inf
         )
-        y1 = fn.to_tree(y_new)
+        # A vector field that returned NaN or inf leaves a NaN candidate (seen by
+        # `solve`'s diagnosis); its gradient is that of the finite iterate.
+        y1 = fn.to_tree(y_new + sg(jnp.where(nonfinite, jnp.nan, 0.0)).astype(dtype))
         # Under fixed steps a Newton failure ends the solve; an adaptive controller rejects
         # the step (its error estimate is inf) and retries.
         result = diffrax.RESULTS.where(
@@ -453,12 +457,13 @@ class BDF(AbstractSelfControlledSolver):
     def _newton(self, fn, t, y_predict, c, psi, scale, tol, norm, matrix):
         """Solve `d = c f(t, y_predict + d) - psi` by simplified Newton with the iteration
         matrix `I - c J`: at most 4 iterations, stopped early when the contraction rate
-        predicts failure, as in scipy's BDF. Returns `(d, iterations, converged, JVPs used)`.
+        predicts failure, as in scipy's BDF. Returns `(d, iterations, converged, JVPs used,
+        whether the vector field returned NaN or inf)`.
         """
         solve_linear = self._linear_solve(fn, c, matrix)
 
         def body(carry):
-            k, d, norm_old, _, _, jvps = carry
+            k, d, norm_old, _, _, jvps, _ = carry
             r = c * fn(t, y_predict + d) - psi - d
             finite = jnp.all(jnp.isfinite(r))
             dy, used = solve_linear(r)
@@ -470,10 +475,10 @@ class BDF(AbstractSelfControlledSolver):
             bad = ~finite | diverging | ~jnp.isfinite(dy_norm)
             d = jnp.where(bad, d, d + dy)
             done = ~bad & ((dy_norm == 0) | (~first & (rate / (1 - rate) * dy_norm < tol)))
-            return k + 1, d, dy_norm, done, bad, jvps + used
+            return k + 1, d, dy_norm, done, bad, jvps + used, ~finite
 
         def cond(carry):
-            k, _, _, converged, failed, _ = carry
+            k, _, _, converged, failed, _, _ = carry
             return (k < self.root_find_max_steps) & ~converged & ~failed
 
         init = (
@@ -483,9 +488,10 @@ class BDF(AbstractSelfControlledSolver):
             jnp.array(False),
             jnp.array(False),
             jnp.array(0, jnp.int32),
+            jnp.array(False),
         )
-        k, d, _, converged, _, jvps = jax.lax.while_loop(cond, body, init)
-        return d, k, converged, jvps
+        k, d, _, converged, _, jvps, nonfinite = jax.lax.while_loop(cond, body, init)
+        return d, k, converged, jvps, nonfinite
 
     def _implicit_gradient(self, fn, t, y_predict, c, psi, d):
         """`d` unchanged, with the gradient of the exact root of

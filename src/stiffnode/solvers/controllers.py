@@ -171,6 +171,46 @@ class CountingController(diffrax.AbstractAdaptiveStepSizeController):
         return keep, tprev, tnext, made_jump, (inner, stats), result
 
 
+class NonFiniteMonitor(diffrax.AbstractAdaptiveStepSizeController):
+    """`controller`, also recording where a step attempt gave a non-finite candidate state
+    (the vector field returned NaN or inf there): state `(controller's state, t)`, with `t`
+    the start of the latest such attempt (NaN if none). The attempt itself is rejected by
+    `controller` as usual (its error estimate is inf)."""
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return NonFiniteMonitor(self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return tnext, (inner, jnp.full((), jnp.nan, jnp.result_type(t0)))
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        inner, t_bad = controller_state
+        keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y1_candidate)]
+        bad = ~jnp.all(jnp.stack(finite))
+        t_bad = jnp.where(bad, jnp.asarray(t0, t_bad.dtype), t_bad)
+        return keep, tprev, tnext, made_jump, (inner, t_bad), result
+
+
 def solver_stats_of(controller_state) -> SolverStats | None:
     """The `SolverStats` inside a controller state (also through `ClipStepSizeController`,
     which nests its inner controller's state), or None."""
