@@ -160,7 +160,7 @@ def test_saveat_and_dense_output(name, controller):
     def exact(t):
         return expm(t * jnp.asarray(A)) @ Y0
 
-    (t_ends, t_steps, t_fn), (y_ends, y_steps, y_fn) = sol.ts, sol.ys
+    (t_ends, t_steps, _), (y_ends, y_steps, y_fn) = sol.ts, sol.ys
     np.testing.assert_array_equal(t_ends, np.concatenate([[0.0], ts, [1.0]]))
     bound = BOUND * RTOL
     for t, y in zip(t_ends, y_ends, strict=True):

@@ -60,9 +60,15 @@ def singular_ratio(J: Float[Array, "... n n"]) -> Float[Array, "..."]:
     """`sigma_1 / sigma_n`, the 2-norm condition number (`inf` when `J` is singular).
 
     It bounds the modulus ratio from above: `sigma_1 >= |lambda|_max`, `|lambda|_min >= sigma_n`.
+    Singular means numerically: `sigma_n <= n eps sigma_1` (numpy's `matrix_rank` rule); an
+    exactly singular matrix's computed `sigma_n` is rounding noise, 0 with one LAPACK build
+    and 1e-17 with another.
     """
-    s = jnp.linalg.svd(check_square_stack(J), compute_uv=False)
-    return s[..., 0] / s[..., -1]
+    J = check_square_stack(J)
+    s = jnp.linalg.svd(J, compute_uv=False)
+    n = J.shape[-1]
+    singular = s[..., -1] <= n * jnp.finfo(s.dtype).eps * s[..., 0]
+    return jnp.where(singular, jnp.inf, s[..., 0] / jnp.where(singular, 1.0, s[..., -1]))
 
 
 def frobenius(J: Float[Array, "... n n"]) -> Float[Array, "..."]:
