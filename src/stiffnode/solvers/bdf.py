@@ -36,6 +36,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from .batching import lazy_cond
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 
@@ -102,7 +103,6 @@ class BDFState(eqx.Module):
     h: Float[Array, ""]
     order: Int[Array, ""]
     n_equal_steps: Int[Array, ""]
-    restart: Bool[Array, ""]  # D must be (re)built from y0 and f(t0, y0) at the next step
     newton: _NewtonMatrix
 
 
@@ -129,6 +129,12 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
         if t1 is None:
             return self._value(t0)
         return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
+
+
+def _start_differences(fn, t0, y0, h):
+    """The differences of an order-1 start on step `h`: `D_0 = y0`, `D_1 = h f(t0, y0)`."""
+    D = jnp.zeros((_K + 2, y0.shape[0]), y0.dtype)
+    return D.at[0].set(y0).at[1].set(h * fn(t0, y0))
 
 
 def _dense_jacobian(fn, t, y):
@@ -227,12 +233,14 @@ class BDF(AbstractSelfControlledSolver):
             y_lin=flat,
             has_jac=jnp.array(False),
         )
+        # Order 1 from y0 and f(t0, y0) on the first step's h (a first step of another size,
+        # after a rejection, rescales the differences as any step does).
+        h = jnp.asarray(t1 - t0, tdtype)
         return BDFState(
-            D=jnp.zeros((_K + 2, n), dtype),
-            h=jnp.asarray(t1 - t0, tdtype),
+            D=_start_differences(field, t0, flat, h.astype(dtype)),
+            h=h,
             order=jnp.array(1, jnp.int32),
             n_equal_steps=jnp.array(0, jnp.int32),
-            restart=jnp.array(True),
             newton=newton,
         )
 
@@ -253,11 +261,11 @@ class BDF(AbstractSelfControlledSolver):
         state = solver_state
         num_f = jnp.array(0, jnp.int32)
 
-        # (Re)start at order 1 from y0 and f(t0, y0): at the first step and after a jump.
-        restart = state.restart | jnp.asarray(made_jump)
-
+        # Restart at order 1 from y0 and f(t0, y0) after a jump in the vector field (the first
+        # step's differences are made by `init`: no conditional per step, which under vmap
+        # would evaluate f on every step).
         def restarted(_):
-            D = jnp.zeros_like(state.D).at[0].set(flat_y0).at[1].set(h_y * fn(t0, flat_y0))
+            D = _start_differences(fn, t0, flat_y0, h_y)
             return D, jnp.array(1, jnp.int32), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32)
 
         def rescaled(_):
@@ -272,7 +280,12 @@ class BDF(AbstractSelfControlledSolver):
             n_equal = jnp.where(reset, 0, state.n_equal_steps)
             return D, state.order, n_equal, jnp.array(0, jnp.int32)
 
-        D, order, n_equal_steps, f_restart = jax.lax.cond(restart, restarted, rescaled, None)
+        if made_jump is False:
+            D, order, n_equal_steps, f_restart = rescaled(None)
+        else:
+            D, order, n_equal_steps, f_restart = jax.lax.cond(
+                made_jump, restarted, rescaled, None
+            )
         num_f = num_f + f_restart
 
         rows = jnp.arange(_K + 2, dtype=jnp.int32)
@@ -298,19 +311,21 @@ class BDF(AbstractSelfControlledSolver):
         retry = ~converged & ~((num_jac > 0) & fresh_factors)
         blame_jac = (num_jac == 0) & (jnp.abs(c / matrix.lu_c - 1) <= 0.2)
 
-        def again(_):
-            m, nj, nlu = self._refresh(
-                fn_ng, sg(t1), sg(y_predict), sg(c), matrix, blame_jac, force_factor=True
-            )
+        def again(newton_args, matrix, blame_jac, first_attempt):
+            fn, t, y, c = newton_args[:4]
+            m, nj, nlu = self._refresh(fn, t, y, c, matrix, blame_jac, force_factor=True)
             d2, it2, conv2, jvp2, nonfinite2 = self._newton(*newton_args, m)
             return m, nj, nlu, d2, it2, conv2, jvp2, nonfinite2
 
-        def keep(_):
+        def keep(newton_args, matrix, blame_jac, first_attempt):
             zero = jnp.array(0, jnp.int32)
+            d, converged, nonfinite = first_attempt
             return matrix, zero, zero, d, zero, converged, zero, nonfinite
 
-        matrix, nj2, nlu2, d, n_iter2, converged, jvp2, nonfinite = jax.lax.cond(
-            retry, again, keep, None
+        # Under vmap: the retry runs only when some lane needs it (`lazy_cond`).
+        first_attempt = (d, converged, nonfinite)
+        matrix, nj2, nlu2, d, n_iter2, converged, jvp2, nonfinite = lazy_cond(
+            retry, again, keep, newton_args, matrix, blame_jac, first_attempt
         )
         num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
         num_jvp = num_jvp + jvp2
@@ -365,7 +380,6 @@ class BDF(AbstractSelfControlledSolver):
             h=h,
             order=order_new.astype(jnp.int32),
             n_equal_steps=n_equal_new.astype(jnp.int32),
-            restart=jnp.array(False),
             newton=matrix,
         )
         y_error = self.error_output(
@@ -376,6 +390,7 @@ class BDF(AbstractSelfControlledSolver):
             order=order,
             counts=(num_f, num_jac, num_jvp, num_lu, num_iters, ~converged, ~error_ok),
             tdtype=tdtype,
+            setup_vf_evals=1,  # f(t0, y0) in `init`
         )
         dense_info = dict(
             D=jax.vmap(fn.to_tree)(D_new[:_K]),
@@ -410,21 +425,28 @@ class BDF(AbstractSelfControlledSolver):
             )
             return matrix, new_jac.astype(jnp.int32), jnp.array(0, jnp.int32)
 
-        jac = jax.lax.cond(
+        # Under vmap, a Jacobian and an LU only when some lane needs them (`lazy_cond`).
+        jac = lazy_cond(
             new_jac,
-            lambda: jax.lax.stop_gradient(_dense_jacobian(fn, t, y)),
-            lambda: matrix.jac,
+            lambda fn, t, y, jac: jax.lax.stop_gradient(_dense_jacobian(fn, t, y)),
+            lambda fn, t, y, jac: jac,
+            fn,
+            t,
+            y,
+            matrix.jac,
         )
         c_key = c.astype(matrix.lu_c.dtype)
         drift = jnp.abs(c_key / matrix.lu_c - 1)
         # (NaN lu_c: no factors yet.)
         factorise = new_jac | force_factor | ~(drift <= self.max_c_change)
 
-        def lu(_):
+        def lu(jac, c, lu, piv):
             eye = jnp.eye(jac.shape[0], dtype=jac.dtype)
             return jsl.lu_factor(eye - jax.lax.stop_gradient(c) * jac)
 
-        lu_, piv = jax.lax.cond(factorise, lu, lambda _: (matrix.lu, matrix.piv), None)
+        lu_, piv = lazy_cond(
+            factorise, lu, lambda jac, c, lu, piv: (lu, piv), jac, c, matrix.lu, matrix.piv
+        )
         matrix = _NewtonMatrix(
             jac=jac,
             lu=lu_,
