@@ -136,3 +136,45 @@ def test_vmapped_pollu_bdf_returns_at_batch_64():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_solve_ensemble_over_devices_equals_member_by_member():
+    """Members split over the two CPU devices of the test session (conftest), in chunks, with
+    a batched y0 and batched args: each member equals its own solve (results and counts), the
+    padding (5 members over 2 devices in chunks of 2) is dropped."""
+    assert len(jax.devices()) == 2
+    y0s = jnp.asarray(np.random.default_rng(1).uniform(0.5, 2.0, size=(5, 2)))
+    rates = jnp.asarray([1.0, 30.0, 100.0, 5.0, 300.0])
+
+    def field(t, y, rate):
+        return -rate * y + jnp.array([0.0, 1.0]) * y[0] ** 2
+
+    kwargs = dict(solver="bdf", rtol=1e-8, atol=1e-10)
+    sol = sn.solve_ensemble(field, y0s, 0.0, 1.0, args=rates, chunk_size=2, **kwargs)
+    assert sol.ys.shape == (5, 1, 2)
+    for i in range(5):
+        alone = sn.solve(field, y0s[i], 0.0, 1.0, args=rates[i], **kwargs)
+        # Vectorised and scalar code round differently: agreement to round-off, i.e. far
+        # below the tolerances (1e-8 of atol for the components that decayed below it).
+        np.testing.assert_allclose(sol.ys[i], alone.ys, rtol=1e-10, atol=1e-18)
+        for key, value in alone.stats.items():
+            np.testing.assert_array_equal(sol.stats[key][i], value, err_msg=key)
+    # Shared y0, batched args only; one device.
+    shared = sn.solve_ensemble(field, y0s[0], 0.0, 1.0, args=rates, batch_y0=False,
+                               devices=jax.devices()[:1], **kwargs)  # fmt: skip
+    alone = sn.solve(field, y0s[0], 0.0, 1.0, args=rates[4], **kwargs)
+    np.testing.assert_allclose(shared.ys[4], alone.ys, rtol=1e-10, atol=1e-18)
+
+
+def test_solve_ensemble_errors():
+    def field(t, y, rate):
+        return -rate * y
+
+    with pytest.raises(ValueError, match="same leading"):
+        sn.solve_ensemble(field, jnp.ones((3, 2)), 0.0, 1.0, args=jnp.ones(4))
+    with pytest.raises(ValueError, match="needs a batch"):
+        sn.solve_ensemble(field, jnp.ones(2), 0.0, 1.0, args=1.0, batch_y0=False,
+                          batch_args=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match="1 of 3 members failed, the first is member 2"):
+        sn.solve_ensemble(lambda t, y, r: r * y**2, jnp.ones((3, 1)), 0.0, 1.0,
+                          args=jnp.array([0.1, 0.5, 2.0]), solver="bdf")  # fmt: skip

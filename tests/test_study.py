@@ -127,7 +127,7 @@ def test_training_resumes_from_checkpoint(data, tmp_path, monkeypatch):
 
 def test_pollu_ensemble_members_against_scipy(tmp_path):
     """Two ensemble members solved by stiffnode (its default BDF) against scipy's Radau; the
-    same members inside one batch of 40 (vmapped, that batch size hung XLA:CPU) agree."""
+    same members inside one batch of 40 (vmapped in chunks over the devices) agree."""
     from scipy.integrate import solve_ivp
 
     from stiffnode.ensembles import PERTURBED_RATES, pollu_final_state

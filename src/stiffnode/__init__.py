@@ -22,6 +22,7 @@ from . import (
 )
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet
 from .solve import SOLVERS, Solution, get_solver, solve
+from .solve_ensemble import solve_ensemble
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "problems",
     "regularizers",
     "solve",
+    "solve_ensemble",
     "solvers",
     "stats",
     "stiffness",

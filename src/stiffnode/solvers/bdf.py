@@ -32,7 +32,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
@@ -524,14 +523,14 @@ class BDF(AbstractSelfControlledSolver):
             return c * fn(t, y_predict + x) - psi - x
 
         def tangent_solve(g, b):
-            structure = jax.ShapeDtypeStruct(b.shape, b.dtype)
-            operator = lx.FunctionLinearOperator(g, structure)
-            solver = (
-                lx.LU()
-                if self.linear_solver == "lu"
-                else lx.GMRES(rtol=1e-10, atol=1e-14, restart=self.gmres_restart)
-            )
-            return lx.linear_solve(operator, b, solver).value
+            # `g` is linear: dG/dd. Both solves are transposable (reverse mode).
+            if self.linear_solver == "lu":
+                return jnp.linalg.solve(jax.jacfwd(g)(jnp.zeros_like(b)), b)
+
+            def krylov(matvec, rhs):
+                return gmres(matvec, rhs, rtol=1e-10, atol=1e-14, restart=self.gmres_restart).x
+
+            return jax.lax.custom_linear_solve(g, b, krylov, transpose_solve=krylov)
 
         return jax.lax.custom_root(
             residual, jax.lax.stop_gradient(d), lambda _, guess: guess, tangent_solve
