@@ -240,6 +240,13 @@ def test_vector_field_turning_nan_is_named(solver):
         under_jit(jnp.ones(1))
 
 
+def test_controller_solver_mismatch_names_both():
+    controller = sn.solvers.SolverStepController(rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="SolverStepController reads .* not Tsit5"):
+        sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, solver="tsit5",
+                 stepsize_controller=controller)  # fmt: skip
+
+
 @pytest.mark.parametrize("solver", ["euler", "tsit5", "bdf", "rodas3"])
 def test_t0_equal_t1_is_the_same_for_every_solver(solver):
     """`euler` with dt0 used to blame dt0 where the adaptive solvers returned y0."""

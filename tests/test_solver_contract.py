@@ -224,7 +224,8 @@ DTYPE_CASES = {
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_dtypes_under_strict_promotion(name, case):
     """Real and complex states of both precisions keep their dtype, with no implicit
-    promotion anywhere (`jax_numpy_dtype_promotion="strict"`, as diffrax tests itself).
+    promotion anywhere (`jax_numpy_dtype_promotion="strict"` and
+    `jax_numpy_rank_promotion="raise"`, as diffrax tests itself).
     float32 runs with rtol 1e-5 (its epsilon is 1.2e-7). The complex field is not
     holomorphic: the solvers work on real and imaginary parts."""
     dtype, controller, rtol = DTYPE_CASES[case]
@@ -233,7 +234,7 @@ def test_dtypes_under_strict_promotion(name, case):
     field = _complex_field if complex_state else _linear
     solver, ctrl, _ = _setup(name, controller, 0.0, 1.0, rtol=rtol, atol=rtol * 1e-2)
     t0, t1 = jnp.asarray(0.0, jnp.finfo(dtype).dtype), jnp.asarray(1.0, jnp.finfo(dtype).dtype)
-    with jax.numpy_dtype_promotion("strict"):
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(field), solver, t0, t1, None, y0, stepsize_controller=ctrl,
             saveat=diffrax.SaveAt(t1=True, dense=True),

@@ -284,6 +284,12 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
         return controller
 
     if isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
+        if _reports(stepsize_controller) and not self_controlled:
+            raise ValueError(
+                f"{type(stepsize_controller).__name__} reads the step reports of stiffnode's "
+                f"self-controlled solvers (BDF, Rodas3), not {type(solver).__name__}: use a "
+                "diffrax controller such as diffrax.PIDController"
+            )
         return counted(stepsize_controller), getattr(stepsize_controller, "jump_ts", None)
     if stepsize_controller is None:
         stepsize_controller = (
@@ -398,7 +404,7 @@ def solve(
     saveat: diffrax.SaveAt | Sequence[float] | Array | None = None,
     args: PyTree[Any] = None,
     max_steps: int = 16**4,
-    stepsize_controller: Literal["pid", "constant"]
+    stepsize_controller: Literal["pid", "constant", "solver"]
     | diffrax.AbstractStepSizeController
     | None = None,
     adjoint: Literal["recursive", "backsolve", "direct"] | diffrax.AbstractAdjoint = "recursive",
@@ -422,9 +428,10 @@ def solve(
         saveat: `None` (final state only), an array of times, or a `diffrax.SaveAt`.
         max_steps: step budget (accepted plus rejected); exhausting it is an error.
         stepsize_controller: `"pid"` (default when the solver has an error estimate),
-            `"constant"` (fixed steps of `dt0`; default otherwise), or a diffrax controller.
-            BDF/NDF and Rodas3 choose their own steps: for them the default (None) is
-            `solvers.BDFController(rtol, atol)`, and `"pid"` is an error.
+            `"constant"` (fixed steps of `dt0`; default otherwise), `"solver"` (the solver
+            chooses its steps: `solvers.SolverStepController`, the default for BDF/NDF and
+            Rodas3), or a diffrax controller. BDF/NDF and Rodas3 work with any of them;
+            their work is counted under every adaptive one.
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
             memory, gradient of the continuous problem up to the backward solve's error),

@@ -21,9 +21,13 @@
 
 Who counts what:
 
-- `stiffnode.solvers.BDF` and `Rodas3` (adaptive) count all of these themselves, rejected
-  attempts included (Rodas3: three evaluations per attempt, one Jacobian and LU per attempt
-  when dense, every Jacobian-vector product when matrix-free, no Newton iterations).
+- `stiffnode.solvers.BDF` and `Rodas3` count all of these themselves, rejected attempts
+  included, under any adaptive controller (`solve` pairs them with
+  `solvers.SolverStepController` or wraps another in `solvers.CountingController`). Rodas3:
+  with dense linear algebra, `f(t0, y0)` once and three evaluations per attempt (stages 3
+  and 4, and `f(t1, y1)`, the next step's first stage), one Jacobian and LU per attempt;
+  matrix-free, four per attempt (its linearisation evaluates `f(t0, y0)`) and every
+  Jacobian-vector product; never a Newton iteration.
 - Euler and explicit Runge--Kutta methods: `num_vf_evals` from the tableau: every step
   attempt costs the tableau's stages, one fewer for first-same-as-last (FSAL) methods, which
   evaluate their first stage afresh only on the first step and after each jump in

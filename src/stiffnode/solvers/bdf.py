@@ -19,9 +19,9 @@ correction is a GMRES solve (`solvers.krylov.gmres`, stopped as soon as it conve
 matrix-vector products `v - c J v` by JVPs at the last linearisation point (Newton-Krylov),
 for systems too large for a dense LU; the JVPs are counted (`num_jvp_evals`).
 
-Step sizes and orders are the solver's own decisions: it must be paired with
-`BDFController` (tolerances, the first step, statistics); `stiffnode.solve(...,
-solver="bdf")` does that for you.
+With `SolverStepController` step sizes and orders are the solver's own decisions (the
+default of `stiffnode.solve(..., solver="bdf")`); under any other diffrax controller the
+controller chooses the step and BDF its order (see `BDF`).
 """
 
 from collections.abc import Callable
@@ -346,7 +346,7 @@ class BDF(AbstractSelfControlledSolver):
         # D_i += D_{i+1} for i = order..0 (each D_i with i <= order gains d + sum_{j>i} D_j).
         inside = (rows <= order)[:, None]
         tail = jnp.flip(jnp.cumsum(jnp.flip(jnp.where(inside, D, 0.0), 0), 0), 0)
-        D_new = jnp.where(inside, tail + d, D)
+        D_new = jnp.where(inside, tail + d[None], D)
         D_new = D_new.at[order + 1].set(d).at[order + 2].set(d - D[order + 1])
         n_equal_new = n_equal_steps + 1
 

@@ -130,52 +130,8 @@ class SolverStepController(diffrax.AbstractAdaptiveStepSizeController):
         return accept, tprev, tnext, False, stats, result
 
 
-class CountingController(diffrax.AbstractAdaptiveStepSizeController):
-    """`controller` (any diffrax adaptive controller) deciding from a self-controlled
-    solver's error estimate, with the solver's work counted in a `SolverStats`.
-
-    State: `(controller's state, SolverStats)`.
-    """
-
-    controller: diffrax.AbstractAdaptiveStepSizeController
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):
-        return ReportingNorm(self.controller.norm, False)
-
-    def wrap(self, direction):
-        return CountingController(self.controller.wrap(direction))
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        # diffrax's controllers pick a first step from two evaluations of f.
-        return tnext, (inner, SolverStats.zero(2 if dt0 is None else 0))
-
-    def adapt_step_size(
-        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-    ):
-        report = _report(y_error, self)
-        inner, stats = controller_state
-        keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, report.error, error_order, inner
-        )
-        stats = stats.add(jax.lax.stop_gradient(report), keep)
-        return keep, tprev, tnext, made_jump, (inner, stats), result
-
-
-class NonFiniteMonitor(diffrax.AbstractAdaptiveStepSizeController):
-    """`controller`, also recording where a step attempt gave a non-finite candidate state
-    (the vector field returned NaN or inf there): state `(controller's state, t)`, with `t`
-    the start of the latest such attempt (NaN if none). The attempt itself is rejected by
-    `controller` as usual (its error estimate is inf)."""
+class _WrappingController(diffrax.AbstractAdaptiveStepSizeController):
+    """`controller` seen through: its tolerances and norm; `wrap` wraps it."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
 
@@ -192,7 +148,43 @@ class NonFiniteMonitor(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.norm
 
     def wrap(self, direction):
-        return NonFiniteMonitor(self.controller.wrap(direction))
+        return type(self)(self.controller.wrap(direction))
+
+
+class CountingController(_WrappingController):
+    """`controller` (any diffrax adaptive controller) deciding from a self-controlled
+    solver's error estimate, with the solver's work counted in a `SolverStats`.
+
+    State: `(controller's state, SolverStats)`.
+    """
+
+    @property
+    def norm(self):
+        return ReportingNorm(self.controller.norm, False)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # (diffrax 0.7's controllers choose a missing dt0 without evaluating f inside
+        # diffeqsolve: 0.01. `stiffnode.solve` passes its own, counted there.)
+        return tnext, (inner, SolverStats.zero())
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        report = _report(y_error, self)
+        inner, stats = controller_state
+        keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, report.error, error_order, inner
+        )
+        stats = stats.add(jax.lax.stop_gradient(report), keep)
+        return keep, tprev, tnext, made_jump, (inner, stats), result
+
+
+class NonFiniteMonitor(_WrappingController):
+    """`controller`, also recording where a step attempt gave a non-finite candidate state
+    (the vector field returned NaN or inf there): state `(controller's state, t)`, with `t`
+    the start of the latest such attempt (NaN if none). The attempt itself is rejected by
+    `controller` as usual (its error estimate is inf)."""
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
