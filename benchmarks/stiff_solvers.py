@@ -813,9 +813,6 @@ def _ensemble(name, s, repeats) -> dict:
     guarded("stiffnode_vmap", stiffnode_vmap)
 
     def stiffnode_solve_ensemble():
-        if not hasattr(sn, "solve_ensemble"):
-            return {"failed": "stiffnode.solve_ensemble does not exist in this version"}
-
         @jax.jit
         def solve_all(y0s, k):
             sol = sn.solve_ensemble(
