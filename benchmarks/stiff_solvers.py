@@ -774,6 +774,15 @@ def _ensemble(name, s, repeats) -> dict:
             flush=True,
         )
 
+    def timed(solve_all, *inputs):
+        """(compile s, median s after compilation, final states, stats as numpy)."""
+        start = time.perf_counter()
+        jax.block_until_ready(solve_all(*inputs))
+        compile_s = time.perf_counter() - start
+        ys, stats = jax.block_until_ready(solve_all(*inputs))
+        seconds = _median_time(lambda: jax.block_until_ready(solve_all(*inputs)), repeats)
+        return compile_s, seconds, np.asarray(ys), {key: np.asarray(v) for key, v in stats.items()}
+
     def stiffnode_vmap():
         @jax.jit
         def solve_all(k):
@@ -793,15 +802,9 @@ def _ensemble(name, s, repeats) -> dict:
 
             return jax.vmap(one)(k)
 
-        k = jnp.asarray(args)
-        start = time.perf_counter()
-        jax.block_until_ready(solve_all(k))
-        compile_s = time.perf_counter() - start
-        ys, stats = jax.block_until_ready(solve_all(k))
-        finals["stiffnode_vmap"] = np.asarray(ys)
-        stats = {key: np.asarray(v) for key, v in stats.items()}
+        compile_s, seconds, finals["stiffnode_vmap"], stats = timed(solve_all, jnp.asarray(args))
         return {
-            "seconds": _median_time(lambda: jax.block_until_ready(solve_all(k)), repeats),
+            "seconds": seconds,
             "compile_seconds": compile_s,
             "how": "jax.jit(jax.vmap(one)), one compiled call",
             "steps_max": int(stats["num_steps"].max()),
@@ -829,14 +832,10 @@ def _ensemble(name, s, repeats) -> dict:
             return sol.ys[:, -1], sol.stats
 
         y0s, k = jnp.tile(y0, (size, 1)), jnp.asarray(args)
-        start = time.perf_counter()
-        jax.block_until_ready(solve_all(y0s, k))
-        compile_s = time.perf_counter() - start
-        ys, stats = jax.block_until_ready(solve_all(y0s, k))
-        finals["stiffnode_solve_ensemble"] = np.asarray(ys)
-        steps = np.asarray(stats["num_steps"])
+        compile_s, seconds, finals["stiffnode_solve_ensemble"], stats = timed(solve_all, y0s, k)
+        steps = stats["num_steps"]
         return {
-            "seconds": _median_time(lambda: jax.block_until_ready(solve_all(y0s, k)), repeats),
+            "seconds": seconds,
             "compile_seconds": compile_s,
             "how": "jax.jit(stiffnode.solve_ensemble(...)) with its defaults (chunk_size 16, "
             f"devices {[str(d) for d in jax.local_devices()]})",
