@@ -35,13 +35,14 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .batching import lazy_cond
+from .dense_lu import LUFactors, lu_factor, lu_solve
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
+from .unrolled import rows_sum, set_row, small_matmul
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4  # scipy's BDF (CVODE: 3)
@@ -66,24 +67,31 @@ def _coefficients(ndf: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return gamma, alpha, error_const
 
 
+def _r_matrix(factor):
+    """`R_ij = prod_{1<=m<=i} (m - 1 - factor j) / m` for i, j = 0..K-1 (Shampine &
+    Reichelt 1997, section 2.2); the product written out row by row."""
+    xp = np if isinstance(factor, float) else jnp
+    dtype = np.float64 if xp is np else factor.dtype
+    m = xp.arange(1, _K, dtype=dtype)[:, None]
+    j = xp.arange(1, _K, dtype=dtype)[None, :]
+    terms = (m - 1 - factor * j) / m
+    rows, acc = [xp.ones(_K, dtype)], xp.ones(_K - 1, dtype)
+    for a in range(_K - 1):
+        acc = acc * terms[a]
+        rows.append(xp.concatenate([xp.zeros(1, dtype), acc]))
+    return xp.stack(rows)
+
+
+_U = _r_matrix(1.0)  # U = R(1)
+
+
 def _difference_rescaling(order: Int[Array, ""], factor: Float[Array, ""]) -> Array:
-    """The `(K, K)` matrix taking the differences `D[:K]` on step `h` to step `factor * h`.
-
-    `R(factor) U` with `R_ij = prod_{m<=i} (m - 1 - factor j) / m` (Shampine & Reichelt
-    1997, section 2.2; `U = R(1)`) on the leading `order + 1` rows, identity beyond.
-    """
-    i = jnp.arange(1, _K, dtype=factor.dtype)[:, None]
-    j = jnp.arange(1, _K, dtype=factor.dtype)[None, :]
-
-    def r(f):
-        m = jnp.ones((_K, _K), factor.dtype)
-        m = m.at[1:, 1:].set((i - 1 - f * j) / i)
-        m = m.at[1:, 0].set(0.0)
-        return jnp.cumprod(m, axis=0)
-
+    """The `(K, K)` matrix taking the differences `D[:K]` on step `h` to step `factor * h`:
+    `R(factor) U` on the leading `order + 1` rows and columns, identity beyond."""
     inside = jnp.arange(_K, dtype=order.dtype) <= order
     mask = inside[:, None] & inside[None, :]
-    ru = jnp.where(mask, r(factor), 0.0) @ jnp.where(mask, r(jnp.ones_like(factor)), 0.0)
+    u = jnp.where(mask, jnp.asarray(_U, factor.dtype), 0.0)
+    ru = small_matmul(jnp.where(mask, _r_matrix(factor), 0.0), u)
     return ru + jnp.diag(jnp.where(inside, 0.0, 1.0).astype(ru.dtype))
 
 
@@ -93,8 +101,7 @@ class _NewtonMatrix(eqx.Module):
     """
 
     jac: Array  # (n, n) dense, or (0, 0) matrix-free
-    lu: Array  # (n, n) dense, or (0, 0)
-    piv: Array  # (n,) dense, or (0,)
+    lu: LUFactors  # of n x n dense, of 0 x 0 matrix-free
     lu_c: Array  # the c of `lu`; NaN when there is none
     t_lin: Array  # where J was evaluated
     y_lin: Array
@@ -244,8 +251,7 @@ class BDF(AbstractSelfControlledSolver):
         size = n if dense else 0
         newton = _NewtonMatrix(
             jac=jnp.zeros((size, size), dtype),
-            lu=jnp.zeros((size, size), dtype),
-            piv=jnp.zeros((size,), jnp.int32),
+            lu=LUFactors.empty(size, dtype),
             lu_c=jnp.array(jnp.nan, dtype),
             t_lin=jnp.asarray(t0, tdtype),
             y_lin=flat,
@@ -292,7 +298,7 @@ class BDF(AbstractSelfControlledSolver):
         def rescaled(_):
             factor = sg(h / state.h).astype(dtype)
             ru = _difference_rescaling(state.order, factor)
-            D = state.D.at[:_K].set(ru.T @ state.D[:_K])
+            D = state.D.at[:_K].set(small_matmul(ru.T, state.D[:_K]))
             # Under its own controller BDF changes order only after order + 1 steps of one
             # size (Shampine & Reichelt); under another controller, which changes h every
             # step, after order + 1 steps at one order.
@@ -304,16 +310,14 @@ class BDF(AbstractSelfControlledSolver):
         if made_jump is False:
             D, order, n_equal_steps, f_restart = rescaled(None)
         else:
-            D, order, n_equal_steps, f_restart = jax.lax.cond(
-                made_jump, restarted, rescaled, None
-            )
+            D, order, n_equal_steps, f_restart = jax.lax.cond(made_jump, restarted, rescaled, None)
         num_f = num_f + f_restart
 
         rows = jnp.arange(_K + 2, dtype=jnp.int32)
-        y_predict = jnp.sum(jnp.where((rows <= order)[:, None], D, 0.0), axis=0)
+        y_predict = rows_sum(jnp.where((rows <= order)[:, None], D, 0.0))
         scale = atol + rtol * jnp.abs(y_predict)
         lower = jnp.where((rows[1:_K] <= order)[:, None], D[1:_K], 0.0)
-        psi = (lower.T @ gamma[1:_K]) / alpha[order]
+        psi = rows_sum(lower * gamma[1:_K, None]) / alpha[order]
         c = h_y / alpha[order]
         newton_tol = self.kappa / error_const[order]
 
@@ -321,7 +325,12 @@ class BDF(AbstractSelfControlledSolver):
         matrix = state.newton
         stale = matrix.steps_since_jac >= self.jacobian_every
         matrix, num_jac, num_lu = self._refresh(
-            fn_ng, sg(t1), sg(y_predict), sg(c), matrix, ~matrix.has_jac | stale,
+            fn_ng,
+            sg(t1),
+            sg(y_predict),
+            sg(c),
+            matrix,
+            ~matrix.has_jac | stale,
             force_factor=matrix.steps_since_lu >= self.factor_every,
         )
         d, n_iter, converged, num_jvp, nonfinite, rate = self._newton(*newton_args, matrix)
@@ -371,9 +380,15 @@ class BDF(AbstractSelfControlledSolver):
         # Differences of the accepted step: D_{order+2} = d - D_{order+1}, D_{order+1} = d,
         # D_i += D_{i+1} for i = order..0 (each D_i with i <= order gains d + sum_{j>i} D_j).
         inside = (rows <= order)[:, None]
-        tail = jnp.flip(jnp.cumsum(jnp.flip(jnp.where(inside, D, 0.0), 0), 0), 0)
+        # (sum_{j>=i} D_j for i <= order, by rows: a reverse cumsum is a reduce-window; the
+        # row operations are written out throughout, see `unrolled`)
+        kept = jnp.where(inside, D, 0.0)
+        sums = [kept[-1]]
+        for i in range(_K, -1, -1):
+            sums.append(sums[-1] + kept[i])
+        tail = jnp.stack(sums[::-1])
         D_new = jnp.where(inside, tail + d[None], D)
-        D_new = D_new.at[order + 1].set(d).at[order + 2].set(d - D[order + 1])
+        D_new = set_row(set_row(D_new, order + 1, d), order + 2, d - D[order + 1])
         n_equal_new = n_equal_steps + 1
 
         # Order and step: after order + 1 steps (see `rescaled`), choose among k-1, k, k+1.
@@ -479,18 +494,15 @@ class BDF(AbstractSelfControlledSolver):
         # (NaN lu_c: no factors yet.)
         factorise = new_jac | force_factor | ~(drift <= self.max_c_change)
 
-        def lu(jac, c, lu, piv):
+        def factor(jac, c, lu):
             eye = jnp.eye(jac.shape[0], dtype=jac.dtype)
-            return jsl.lu_factor(eye - jax.lax.stop_gradient(c) * jac)
+            return lu_factor(eye - jax.lax.stop_gradient(c) * jac)
 
-        lu_, piv = lazy_cond(
-            factorise, lu, lambda jac, c, lu, piv: (lu, piv), jac, c, matrix.lu, matrix.piv
-        )
+        lu = lazy_cond(factorise, factor, lambda jac, c, lu: lu, jac, c, matrix.lu)
         zero = jnp.zeros_like(matrix.steps_since_jac)
         matrix = _NewtonMatrix(
             jac=jac,
-            lu=lu_,
-            piv=piv,
+            lu=lu,
             lu_c=jnp.where(factorise, c_key, matrix.lu_c),
             t_lin=matrix.t_lin,
             y_lin=matrix.y_lin,
@@ -505,10 +517,10 @@ class BDF(AbstractSelfControlledSolver):
     def _linear_solve(self, fn, c, matrix: _NewtonMatrix) -> Callable[[Array], tuple]:
         """`r -> ((I - c J)^{-1} r, JVPs used)` with the reused factors, or by GMRES on JVPs."""
         if self.linear_solver == "lu":
-            factors = (jax.lax.stop_gradient(matrix.lu), matrix.piv)
+            factors = jax.lax.stop_gradient(matrix.lu)
             # Factors made for c_LU != c: scale the correction (CVODE's 2 / (1 + gamrat)).
             scale = 2 / (1 + c / matrix.lu_c.astype(c.dtype))
-            return lambda r: (scale * jsl.lu_solve(factors, r), jnp.array(0, jnp.int32))
+            return lambda r: (scale * lu_solve(factors, r), jnp.array(0, jnp.int32))
         _, jvp = jax.linearize(lambda z: fn(matrix.t_lin, z), matrix.y_lin)
         c = jax.lax.stop_gradient(c)
 

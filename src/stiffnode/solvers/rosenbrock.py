@@ -37,10 +37,10 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array
 
+from .dense_lu import determinant_is_positive, lu_factor, lu_solve
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 
@@ -80,14 +80,6 @@ RODAS3 = RosenbrockTableau(
     order=3,
     error_order=3,
 )
-
-
-def lu_determinant_is_positive(lu: Float[Array, "n n"], piv: Int[Array, " n"]) -> Bool[Array, ""]:
-    """`det(A) > 0` from `jax.scipy.linalg.lu_factor(A)`: the sign of `prod(diag(U))` times
-    `(-1)^(row interchanges)`."""
-    swaps = jnp.sum(piv != jnp.arange(piv.shape[0], dtype=piv.dtype))
-    negative = jnp.sum(jnp.diag(lu) < 0) + swaps
-    return jnp.all(jnp.diag(lu) != 0) & (negative % 2 == 0)
 
 
 class RosenbrockState(eqx.Module):
@@ -186,11 +178,11 @@ class Rodas3(AbstractSelfControlledSolver):
         stable = jnp.array(True)
         if self.linear_solver == "lu":
             jac = jax.jacfwd(lambda y: fn(t0, y))(flat_y0)
-            factors = jsl.lu_factor(jnp.eye(jac.shape[0], dtype=dtype) - c * jac)
-            stable = lu_determinant_is_positive(*jax.lax.stop_gradient(factors))
+            factors = lu_factor(jnp.eye(jac.shape[0], dtype=dtype) - c * jac)
+            stable = determinant_is_positive(jax.lax.stop_gradient(factors))
 
             def solve(rhs):
-                return jsl.lu_solve(factors, c * rhs), jnp.array(0, jnp.int32)
+                return lu_solve(factors, c * rhs), jnp.array(0, jnp.int32)
 
         else:
 
@@ -250,9 +242,7 @@ class Rodas3(AbstractSelfControlledSolver):
         )
         y1 = fn.to_tree(y_new)
         # The Hermite data in solver time: k = h dy/ds at both ends.
-        k = jax.tree.map(
-            lambda a, b: jnp.stack([a, b]), fn.to_tree(h * f0), fn.to_tree(h * f1)
-        )
+        k = jax.tree.map(lambda a, b: jnp.stack([a, b]), fn.to_tree(h * f0), fn.to_tree(h * f1))
         dense_info = dict(y0=y0, y1=y1, k=k)
         new_state = RosenbrockState(f1)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
