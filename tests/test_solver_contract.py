@@ -20,14 +20,14 @@ import pytest
 from jax.scipy.linalg import expm
 
 import stiffnode as sn
-from stiffnode.solvers import BDF, ControllerTolerances, Rodas3, SolverStepController
+from stiffnode.solvers import BDF, ControllerTolerances, Rodas3, Rodas5P, SolverStepController
 
 BOUND = 1000
 RTOL, ATOL = 1e-8, 1e-10
 A = np.array([[-1.0, 0.5], [0.0, -2.0]])
 Y0 = np.array([1.0, 2.0])
 
-SOLVERS = {"bdf": BDF, "rodas3": Rodas3}
+SOLVERS = {"bdf": BDF, "rodas3": Rodas3, "rodas5p": Rodas5P}
 CONTROLLERS = ("solver", "pid", "constant", "stepto")
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
@@ -61,10 +61,11 @@ def _setup(name, controller, t0, t1, num_steps=256, rtol=RTOL, atol=ATOL):
 def _fixed_step_bound(name):
     """Relative error bound of 256 fixed steps on [0, 1] with A's eigenvalues -1, -2.
 
-    Rodas3 (order 3): error constant times h^3 ~ 6e-8, bound 1e-5. BDF climbs from order 1:
-    its first step's local error alone is h^2 |A^2 y0| / 2 ~ 3e-5, bound 1e-3 (30x).
+    Rodas3 (order 3): error constant times h^3 ~ 6e-8, bound 1e-5; Rodas5P (order 5):
+    h^5 ~ 1e-12, the same bound. BDF climbs from order 1: its first step's local error alone
+    is h^2 |A^2 y0| / 2 ~ 3e-5, bound 1e-3 (30x).
     """
-    return 1e-5 if name == "rodas3" else 1e-3
+    return 1e-3 if name == "bdf" else 1e-5
 
 
 def _bound(name, controller, rtol=RTOL):
@@ -180,21 +181,22 @@ def test_saveat_and_dense_output(name, controller):
     )
 
 
-def test_rodas3_dense_output_has_the_method_order():
+@pytest.mark.parametrize(("name", "dense_order"), [("rodas3", 3), ("rodas5p", 4)])
+def test_rosenbrock_dense_output_has_its_order(name, dense_order):
     """Fixed steps h and h/2: the largest dense-output error between the steps falls by
-    2^3 = 8 for an order-3 method with order-3 interpolant; the linear interpolant that
-    Rodas3 had before falls by 4 (order 2 between steps: h^2 y'' / 8). Bar: 6 (a 25%
-    margin below 8, well above 4)."""
+    2^p for an interpolant of order p (Rodas3: 3, cubic Hermite; Rodas5P: 4, its own);
+    the linear interpolant that Rodas3 had before falls by 4 (order 2 between steps:
+    h^2 y'' / 8). Bar: 0.75 * 2^p (a 25% margin, well above 4)."""
     errors = []
     for num_steps in (16, 32):
-        solver, ctrl, dt0 = _setup("rodas3", "constant", 0.0, 1.0, num_steps=num_steps)
+        solver, ctrl, dt0 = _setup(name, "constant", 0.0, 1.0, num_steps=num_steps)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(_linear), solver, 0.0, 1.0, dt0, jnp.asarray(Y0),
             stepsize_controller=ctrl, saveat=diffrax.SaveAt(dense=True),
         )
         ts = (np.arange(num_steps) + 0.5) / num_steps
         errors.append(max(_rel_error(sol.evaluate(t), expm(t * jnp.asarray(A)) @ Y0) for t in ts))
-    assert errors[0] / errors[1] > 6, errors
+    assert errors[0] / errors[1] > 0.75 * 2**dense_order, errors
 
 
 def _complex_field(t, y, args):

@@ -22,6 +22,7 @@ from .solvers import (
     NonFiniteMonitor,
     ReportingNorm,
     Rodas3,
+    Rodas5P,
     SolverStepController,
     initial_step_size,
     solver_stats_of,
@@ -67,6 +68,7 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "bdf": BDF,
     "ndf": lambda: BDF(ndf=True),
     "rodas3": Rodas3,
+    "rodas5p": Rodas5P,
 }
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)

@@ -12,7 +12,16 @@ from .controllers import (
 )
 from .initial_step import initial_step_size
 from .jump_aware import JumpAwareSolver
-from .rosenbrock import RODAS3, Rodas3, RosenbrockState, RosenbrockTableau
+from .rosenbrock import (
+    RODAS3,
+    RODAS5P,
+    AbstractRosenbrock,
+    Rodas3,
+    Rodas5P,
+    RodasInterpolation,
+    RosenbrockState,
+    RosenbrockTableau,
+)
 from .self_controlled import (
     FROM_CONTROLLER,
     STAT_KEYS,
@@ -26,7 +35,9 @@ __all__ = [
     "BDF",
     "FROM_CONTROLLER",
     "RODAS3",
+    "RODAS5P",
     "STAT_KEYS",
+    "AbstractRosenbrock",
     "AbstractSelfControlledSolver",
     "BDFController",
     "BDFInterpolation",
@@ -38,6 +49,8 @@ __all__ = [
     "NonFiniteMonitor",
     "ReportingNorm",
     "Rodas3",
+    "Rodas5P",
+    "RodasInterpolation",
     "RosenbrockState",
     "RosenbrockTableau",
     "SolverStats",

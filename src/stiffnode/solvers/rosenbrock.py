@@ -38,7 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
 from .dense_lu import determinant_is_positive, lu_factor, lu_solve
 from .krylov import gmres
@@ -81,6 +81,177 @@ RODAS3 = RosenbrockTableau(
     error_order=3,
 )
 
+# Steinebach, "Construction of Rosenbrock-Wanner method Rodas5P and numerical benchmarks
+# within the Julia Differential Equations package", BIT Numer. Math. 63 (2023): 8 stages
+# (8 evaluations of f), order 5, embedded order 4, stiffly accurate; in the form above
+# (Hairer & Wanner's, as OrdinaryDiffEq.jl's `Rodas5PTableau` also stores it). Stages 7
+# and 8 start from the previous stage's solution (a_7 = a_6 + e_6, a_8 = a_7 + e_7),
+# y1 = stage 8's solution + K_8, and K_8 is the error estimate.
+_RODAS5P_A6 = [
+    -7.502846399306121,
+    2.561846144803919,
+    -11.627539656261098,
+    -0.18268767659942256,
+    0.030198172008377946,
+]
+RODAS5P = RosenbrockTableau(
+    gamma=0.21193756319429014,
+    a=np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [3.0, 0, 0, 0, 0, 0, 0, 0],
+            [2.849394379747939, 0.45842242204463923, 0, 0, 0, 0, 0, 0],
+            [-6.954028509809101, 2.489845061869568, -10.358996098473584, 0, 0, 0, 0, 0],
+            [
+                2.8029986275628964,
+                0.5072464736228206,
+                -0.3988312541770524,
+                -0.04721187230404641,
+                0,
+                0,
+                0,
+                0,
+            ],
+            [*_RODAS5P_A6, 0, 0, 0],
+            [*_RODAS5P_A6, 1, 0, 0],
+            [*_RODAS5P_A6, 1, 1, 0],
+        ]
+    ),
+    c=np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [-14.155112264123755, 0, 0, 0, 0, 0, 0, 0],
+            [-17.97296035885952, -2.859693295451294, 0, 0, 0, 0, 0, 0],
+            [147.12150275711716, -1.41221402718213, 71.68940251302358, 0, 0, 0, 0, 0],
+            [
+                165.43517024871676,
+                -0.4592823456491126,
+                42.90938336958603,
+                -5.961986721573306,
+                0,
+                0,
+                0,
+                0,
+            ],
+            [
+                24.854864614690072,
+                -3.0009227002832186,
+                47.4931110020768,
+                5.5814197821558125,
+                -0.6610691825249471,
+                0,
+                0,
+                0,
+            ],
+            [
+                30.91273214028599,
+                -3.1208243349937974,
+                77.79954646070892,
+                34.28646028294783,
+                -19.097331116725623,
+                -28.087943162872662,
+                0,
+                0,
+            ],
+            [
+                37.80277123390563,
+                -3.2571969029072276,
+                112.26918849496327,
+                66.9347231244047,
+                -40.06618937091002,
+                -54.66780262877968,
+                -9.48861652309627,
+                0,
+            ],
+        ]
+    ),
+    m=np.array([*_RODAS5P_A6, 1, 1, 1]),
+    e=np.array([0, 0, 0, 0, 0, 0, 0, 1], float),
+    alpha=np.array(
+        [0, 0.6358126895828704, 0.4095798393397535, 0.9769306725060716, 0.4288403609558664]
+        + [1, 1, 1]
+    ),
+    gammas=np.array(
+        [
+            0.21193756319429014,
+            -0.42387512638858027,
+            -0.3384627126235924,
+            1.8046452872882734,
+            2.325825639765069,
+            0,
+            0,
+            0,
+        ]
+    ),
+    new_f=(True,) * 8,
+    order=5,
+    error_order=5,
+)
+
+# Rodas5P's dense output of order 4 (Steinebach 2023): with the stages' K and
+# `d_r = sum_i H[r, i] K_i`, `y(t0 + s h) = (1 - s) y0 + s (y1 + (1 - s) (d_0 + s (d_1 +
+# s d_2)))`.
+RODAS5P_DENSE = np.array(
+    [
+        [
+            25.948786856663858,
+            -2.5579724845846235,
+            10.433815404888879,
+            -2.3679251022685204,
+            0.524948541321073,
+            1.1241088310450404,
+            0.4272876194431874,
+            -0.17202221070155493,
+        ],
+        [
+            -9.91568850695171,
+            -0.9689944594115154,
+            3.0438037242978453,
+            -24.495224566215796,
+            20.176138334709044,
+            15.98066361424651,
+            -6.789040303419874,
+            -6.710236069923372,
+        ],
+        [
+            11.419903575922262,
+            2.8879645146136994,
+            72.92137995996029,
+            80.12511834622643,
+            -52.072871366152654,
+            -59.78993625266729,
+            -0.15582684282751913,
+            4.883087185713722,
+        ],
+    ]
+)
+
+
+class RodasInterpolation(diffrax.AbstractLocalInterpolation):
+    """`y(t0 + s h) = (1 - s) y0 + s (y1 + (1 - s) (d_0 + s (d_1 + s d_2)))` on `[t0, t1]`
+    (the dense output of the Rodas family; `d` has a leading axis of 3)."""
+
+    t0: Array
+    t1: Array
+    y0: PyTree[Array]
+    y1: PyTree[Array]
+    d: PyTree[Array]
+
+    def _value(self, t):
+        s = (t - self.t0) / (self.t1 - self.t0)
+
+        def one(y0, y1, d):
+            s_ = s.astype(y0.dtype)
+            return (1 - s_) * y0 + s_ * (y1 + (1 - s_) * (d[0] + s_ * (d[1] + s_ * d[2])))
+
+        return jax.tree.map(one, self.y0, self.y1, self.d)
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        del left
+        if t1 is None:
+            return self._value(t0)
+        return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
+
 
 class RosenbrockState(eqx.Module):
     """`f(t0, y0)` (flat, real), carried from the last step's `f(t1, y1)`; zeros with
@@ -90,8 +261,8 @@ class RosenbrockState(eqx.Module):
     f0: Array
 
 
-class Rodas3(AbstractSelfControlledSolver):
-    """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 (module docstring).
+class AbstractRosenbrock(AbstractSelfControlledSolver):
+    """A Rosenbrock method given by its `tableau` (module docstring), with a dense output.
 
     Works under any diffrax step-size controller; `SolverStepController(rtol, atol)` also
     counts its work. Under fixed steps no tolerances are needed with `linear_solver="lu"`.
@@ -111,10 +282,8 @@ class Rodas3(AbstractSelfControlledSolver):
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
-        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
-    )
-    tableau: ClassVar[RosenbrockTableau] = RODAS3
+    interpolation_cls: eqx.AbstractClassVar[Callable[..., diffrax.AbstractLocalInterpolation]]
+    tableau: eqx.AbstractClassVar[RosenbrockTableau]
 
     linear_solver: Literal["lu", "gmres"] = eqx.field(default="lu", static=True)
     gmres_rtol: float = eqx.field(default=1e-6, static=True)
@@ -241,8 +410,42 @@ class Rodas3(AbstractSelfControlledSolver):
             setup_vf_evals=int(self.linear_solver == "lu"),
         )
         y1 = fn.to_tree(y_new)
-        # The Hermite data in solver time: k = h dy/ds at both ends.
-        k = jax.tree.map(lambda a, b: jnp.stack([a, b]), fn.to_tree(h * f0), fn.to_tree(h * f1))
-        dense_info = dict(y0=y0, y1=y1, k=k)
+        dense_info = self._dense_info(fn, y0, y1, h, f0, f1, ks)
         new_state = RosenbrockState(f1)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+
+    def _dense_info(self, fn, y0, y1, h, f0, f1, ks) -> dict:
+        """What `interpolation_cls` is built from (besides t0, t1), in solver time."""
+        raise NotImplementedError
+
+
+class Rodas3(AbstractRosenbrock):
+    """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 with embedded
+    order 2 (Sandu et al. 1997), and a cubic Hermite dense output of order 3 from `f` at
+    both ends. Arguments as `AbstractRosenbrock`'s."""
+
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+    tableau: ClassVar[RosenbrockTableau] = RODAS3
+
+    def _dense_info(self, fn, y0, y1, h, f0, f1, ks):
+        # The Hermite data: k = h dy/ds at both ends.
+        k = jax.tree.map(lambda a, b: jnp.stack([a, b]), fn.to_tree(h * f0), fn.to_tree(h * f1))
+        return dict(y0=y0, y1=y1, k=k)
+
+
+class Rodas5P(AbstractRosenbrock):
+    """Rodas5P (Steinebach 2023), a stiffly accurate Rosenbrock method of order 5 with
+    embedded order 4 and a dense output of order 4: 8 stages, one LU per step; the
+    workhorse of Julia's stiff defaults, for tight tolerances on small stiff systems.
+    Arguments as `AbstractRosenbrock`'s."""
+
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        RodasInterpolation
+    )
+    tableau: ClassVar[RosenbrockTableau] = RODAS5P
+
+    def _dense_info(self, fn, y0, y1, h, f0, f1, ks):
+        d = jnp.stack([sum(float(w) * k for w, k in zip(row, ks)) for row in RODAS5P_DENSE])
+        return dict(y0=y0, y1=y1, d=jax.vmap(fn.to_tree)(d))
