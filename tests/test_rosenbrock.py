@@ -1,5 +1,6 @@
-"""stiffnode.solvers.Rodas3 and Rodas5P: order, stability, accuracy on standard stiff problems against
-stored Radau references, dense and matrix-free linear algebra, gradients, statistics, errors."""
+"""stiffnode.solvers.Rodas3 and Rodas5P: order, stability, accuracy on standard stiff
+problems against stored Radau references, dense and matrix-free linear algebra, gradients,
+statistics, errors."""
 
 
 import jax

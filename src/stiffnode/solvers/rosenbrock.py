@@ -447,5 +447,7 @@ class Rodas5P(AbstractRosenbrock):
     tableau: ClassVar[RosenbrockTableau] = RODAS5P
 
     def _dense_info(self, fn, y0, y1, h, f0, f1, ks):
-        d = jnp.stack([sum(float(w) * k for w, k in zip(row, ks)) for row in RODAS5P_DENSE])
+        d = jnp.stack(
+            [sum(float(w) * k for w, k in zip(row, ks, strict=True)) for row in RODAS5P_DENSE]
+        )
         return dict(y0=y0, y1=y1, d=jax.vmap(fn.to_tree)(d))
