@@ -17,6 +17,7 @@ from .solvers import (
     BDF,
     FROM_CONTROLLER,
     AbstractSelfControlledSolver,
+    AutoSwitch,
     CountingController,
     JumpAwareSolver,
     NonFiniteMonitor,
@@ -69,6 +70,7 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "ndf": lambda: BDF(ndf=True),
     "rodas3": Rodas3,
     "rodas5p": Rodas5P,
+    "auto": AutoSwitch,
 }
 
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
@@ -492,12 +494,15 @@ def solve(
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     saveat = _saveat(saveat)
-    if monitored:  # its state holds where f was not finite, and the solver's work counts
+    # A solver with statistics of its own (`AutoSwitch`) keeps them in its state.
+    solver_reports = hasattr(solver, "solve_stats")
+    if monitored or solver_reports:
+        # The controller's state holds where f was not finite, and the solver's work counts.
         saveat = diffrax.SaveAt(
             subs=saveat.subs,
             dense=saveat.dense,
-            solver_state=saveat.solver_state,
-            controller_state=True,
+            solver_state=saveat.solver_state or solver_reports,
+            controller_state=saveat.controller_state or monitored,
             made_jump=saveat.made_jump,
         )
     sol = diffrax.diffeqsolve(
@@ -536,4 +541,6 @@ def solve(
         num_jumps = jnp.sum((jump_ts > lo) & (jump_ts < hi))
     counts = solver_stats_of(sol.controller_state) if counting else None
     stats = solver_stats(solver, terms, sol.stats, adaptive_start, num_jumps, counts)
+    if solver_reports:
+        stats = stats | solver.solve_stats(sol.solver_state)
     return Solution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result, solution=sol)

@@ -1,5 +1,6 @@
 """stiffnode's own diffrax solvers, their controllers and solver wrappers."""
 
+from .auto_switch import AutoSwitch, AutoSwitchState, SwitchStats, stability_boundary
 from .bdf import BDF, BDFInterpolation, BDFState
 from .controllers import (
     BDFController,
@@ -32,6 +33,10 @@ from .self_controlled import (
 )
 
 __all__ = [
+    "AutoSwitch",
+    "AutoSwitchState",
+    "SwitchStats",
+    "stability_boundary",
     "BDF",
     "FROM_CONTROLLER",
     "RODAS3",

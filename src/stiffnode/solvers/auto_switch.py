@@ -1,0 +1,330 @@
+"""Automatic switching between a non-stiff and a stiff method, from a stiffness estimate.
+
+A problem is stiff where an explicit method's step is limited by stability rather than
+accuracy: `h |lambda| ~ B`, with `lambda` the dominant eigenvalue of the Jacobian and `B`
+the method's stability boundary on the negative real axis (Hairer & Wanner II, IV.2). Both
+sides are estimated from what the step already has:
+
+- explicit Runge-Kutta pairs whose last two stages are both at `t1` (Tsit5, Dopri5, FSAL):
+  `h |lambda| ~ ||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||` from the stage increments and stage
+  values (Shampine's test for Dormand-Prince; no extra evaluation);
+- the stiff method: one power iteration per step on the Jacobian at `(t1, y1)` (a JVP),
+  its vector carried from step to step.
+
+`AutoSwitch` starts with the non-stiff method, switches to the stiff one after
+`stiff_after` consecutive accepted steps with `h |lambda| > stiff_ratio B`, and back after
+`nonstiff_after` consecutive stiff steps with `h |lambda| < nonstiff_ratio B` (the explicit
+method would be stable with room to spare); after `max_switches` switches it stays stiff.
+"""
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from .rosenbrock import Rodas5P
+from .self_controlled import ControllerTolerances, FlatField
+
+
+def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
+    """The largest `x` with `|R(-s)| <= 1` for all `0 <= s <= x`, `R` the stability
+    polynomial `1 + z b^T (I - z A)^{-1} 1` of an explicit Runge-Kutta tableau."""
+    s = len(tableau.b_sol)
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : len(row)] = row
+    # R(z) = sum_k z^k b^T A^(k-1) 1 (A is nilpotent: a polynomial of degree s).
+    coeffs = [1.0]
+    power = np.ones(s)
+    for _ in range(s):
+        coeffs.append(float(tableau.b_sol @ power))
+        power = a @ power
+    x = np.linspace(0.0, 20.0, 200_001)
+    values = np.abs(np.polyval(coeffs[::-1], -x))
+    unstable = np.nonzero(values > 1 + 1e-12)[0]
+    return float(x[unstable[0] - 1]) if unstable.size else float(x[-1])
+
+
+def _norm(tree) -> Array:
+    flat = ravel_pytree(tree)[0]
+    return jnp.sqrt(jnp.sum(jnp.abs(flat) ** 2))
+
+
+def explicit_stiffness(tableau: diffrax.ButcherTableau, ks: PyTree[Array]) -> Array:
+    """`h |lambda|` from the stage increments `ks` (leading axis: stages) of an explicit
+    step whose last two stages are at `t1`: `||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`."""
+    weights = np.asarray(tableau.b_sol, float).copy()  # Y_s = y0 + sum b_j k_j (FSAL)
+    weights[: len(tableau.a_lower[-2])] -= tableau.a_lower[-2]  # minus Y_{s-1}'s row
+    d_y = jax.tree.map(lambda k: jnp.tensordot(jnp.asarray(weights, k.dtype), k, axes=1), ks)
+    d_k = jax.tree.map(lambda k: k[-1] - k[-2], ks)
+    size = _norm(d_y)
+    return jnp.where(size > 0, _norm(d_k) / jnp.where(size > 0, size, 1), 0.0)
+
+
+class SwitchStats(eqx.Module):
+    """What `AutoSwitch` did over the accepted steps (a rejected step's are discarded)."""
+
+    num_switches: Int[Array, ""]
+    switch_times: Float[Array, " max_switches"]  # NaN beyond num_switches; solver time
+    num_steps_nonstiff: Int[Array, ""]
+    num_steps_stiff: Int[Array, ""]
+    time_nonstiff: Float[Array, ""]
+    time_stiff: Float[Array, ""]
+    stiffness_max: Float[Array, ""]  # the largest |lambda| estimate
+
+
+class AutoSwitchState(eqx.Module):
+    stiff_mode: Bool[Array, ""]
+    switched: Bool[Array, ""]  # the method in use starts afresh at this step
+    nonstiff_state: PyTree
+    stiff_state: PyTree
+    streak: Int[Array, ""]  # consecutive accepted steps pointing to the other method
+    power_vector: Array  # the stiff side's power-iteration vector (flat, real)
+    stats: SwitchStats
+
+
+class AutoSwitchInterpolation(eqx.Module):
+    """Builds the dense output of a step from either method's (`stiff_mode` selects)."""
+
+    nonstiff_cls: Callable = eqx.field(static=True)
+    stiff_cls: Callable = eqx.field(static=True)
+
+    def __call__(self, *, t0, t1, stiff_mode, nonstiff, stiff):
+        return _Selected(
+            t0=t0,
+            t1=t1,
+            stiff_mode=stiff_mode,
+            nonstiff=self.nonstiff_cls(t0=t0, t1=t1, **nonstiff),
+            stiff=self.stiff_cls(t0=t0, t1=t1, **stiff),
+        )
+
+
+class _Selected(diffrax.AbstractLocalInterpolation):
+    t0: Array
+    t1: Array
+    stiff_mode: Array
+    nonstiff: diffrax.AbstractLocalInterpolation
+    stiff: diffrax.AbstractLocalInterpolation
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        a = self.nonstiff.evaluate(t0, t1, left)
+        b = self.stiff.evaluate(t0, t1, left)
+        return jax.tree.map(lambda x, y: jnp.where(self.stiff_mode, y, x), a, b)
+
+
+def _zeros_like_shapes(tree):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+
+class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver):
+    """A non-stiff explicit Runge-Kutta method and a stiff method, switched automatically
+    (module docstring), as one diffrax solver: `solve(..., solver="auto")` is
+    `AutoSwitch(diffrax.Tsit5(), Rodas5P())` under a PID controller.
+
+    Args:
+        nonstiff: an explicit Runge-Kutta solver whose last two stages are at `t1` and whose
+            last stage is `f(t1, y1)` (Tsit5, Dopri5).
+        stiff: any adaptive diffrax solver (Rodas5P, Rodas3, BDF, Kvaerno5, ...).
+        stiff_ratio: a non-stiff step is stability-limited when `h |lambda| > stiff_ratio B`.
+        nonstiff_ratio: a stiff step could be explicit when `h |lambda| < nonstiff_ratio B`.
+        stiff_after: switch to `stiff` after this many stability-limited steps in a row.
+        nonstiff_after: switch back after this many explicit-capable steps in a row.
+        max_switches: at most this many switches; the last is to `stiff`, which stays.
+        root_finder: the tolerances handed to `stiff` (by default the controller's).
+
+    `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
+    (NaN-padded to `max_switches`), `num_steps_nonstiff`, `num_steps_stiff`,
+    `time_nonstiff`, `time_stiff` and `stiffness_max` (the largest `|lambda|` estimate).
+    """
+
+    nonstiff: diffrax.AbstractRungeKutta = diffrax.Tsit5()
+    stiff: diffrax.AbstractAdaptiveSolver = Rodas5P()
+    stiff_ratio: float = eqx.field(default=0.9, static=True)
+    nonstiff_ratio: float = eqx.field(default=0.5, static=True)
+    stiff_after: int = eqx.field(default=10, static=True)
+    nonstiff_after: int = eqx.field(default=3, static=True)
+    max_switches: int = eqx.field(default=6, static=True)
+    root_finder: object = ControllerTolerances()
+    root_find_max_steps: int = eqx.field(default=0, static=True)
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+
+    def __check_init__(self):
+        tableau = getattr(self.nonstiff, "tableau", None)
+        if not isinstance(tableau, diffrax.ButcherTableau) or not (
+            tableau.fsal and tableau.c[-1] == tableau.c[-2] == 1
+        ):
+            raise ValueError(
+                "nonstiff must be an explicit Runge-Kutta solver whose last two stages are "
+                f"at t1 and first same as last (Tsit5, Dopri5), got {self.nonstiff!r}"
+            )
+        if not isinstance(self.stiff, diffrax.AbstractAdaptiveSolver):
+            raise ValueError(f"stiff must be an adaptive diffrax solver, got {self.stiff!r}")
+        if not 0 < self.nonstiff_ratio < self.stiff_ratio:
+            raise ValueError(
+                f"need 0 < nonstiff_ratio < stiff_ratio, got {self.nonstiff_ratio}, "
+                f"{self.stiff_ratio}"
+            )
+        for name in ("stiff_after", "nonstiff_after", "max_switches"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+    @property
+    def interpolation_cls(self):
+        return AutoSwitchInterpolation(
+            self.nonstiff.interpolation_cls, self.stiff.interpolation_cls
+        )
+
+    @property
+    def boundary(self) -> float:
+        """The non-stiff method's stability boundary on the negative real axis."""
+        return stability_boundary(self.nonstiff.tableau)
+
+    def order(self, terms):
+        return min(self.nonstiff.order(terms), self.stiff.order(terms) or np.inf)
+
+    def error_order(self, terms):
+        return min(self.nonstiff.error_order(terms), self.stiff.error_order(terms))
+
+    def _stiff_solver(self):
+        if not isinstance(self.stiff, diffrax.AbstractImplicitSolver):
+            return self.stiff
+        names = [k for k in ("rtol", "atol", "norm") if hasattr(self.root_finder, k)]
+        return eqx.tree_at(
+            lambda s: tuple(getattr(s.root_finder, k) for k in names),
+            self.stiff,
+            tuple(getattr(self.root_finder, k) for k in names),
+        )
+
+    def init(self, terms, t0, t1, y0, args) -> AutoSwitchState:
+        _, flat = FlatField.of(terms, t0, t1, y0, args)
+        tdtype = jnp.result_type(t0, t1)
+        real = jnp.real(flat).dtype
+        n = flat.shape[0]
+        # A start vector with no special structure (any fixed one works unless orthogonal
+        # to the dominant eigenvector).
+        v = 1.0 + 0.5 * jnp.sin(jnp.arange(1, n + 1, dtype=real))
+        stats = SwitchStats(
+            num_switches=jnp.array(0, jnp.int32),
+            switch_times=jnp.full((self.max_switches,), jnp.nan, tdtype),
+            num_steps_nonstiff=jnp.array(0, jnp.int32),
+            num_steps_stiff=jnp.array(0, jnp.int32),
+            time_nonstiff=jnp.array(0.0, tdtype),
+            time_stiff=jnp.array(0.0, tdtype),
+            stiffness_max=jnp.array(0.0, real),
+        )
+        return AutoSwitchState(
+            stiff_mode=jnp.array(False),
+            switched=jnp.array(False),
+            nonstiff_state=self.nonstiff.init(terms, t0, t1, y0, args),
+            stiff_state=self._stiff_solver().init(terms, t0, t1, y0, args),
+            streak=jnp.array(0, jnp.int32),
+            power_vector=(v / jnp.linalg.norm(v)).astype(flat.dtype),
+            stats=stats,
+        )
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def solve_stats(self, final_state: AutoSwitchState) -> dict[str, Array]:
+        """The statistics `stiffnode.solve` adds to `Solution.stats`, from the final state."""
+        return {k: getattr(final_state.stats, k) for k in SwitchStats.__dataclass_fields__}
+
+    def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
+        state = solver_state
+        stiff_solver = self._stiff_solver()
+        tdtype = jnp.result_type(t0, t1)
+        h = jnp.asarray(t1 - t0, tdtype)
+        shapes = {
+            "nonstiff": jax.eval_shape(
+                lambda: self.nonstiff.step(
+                    terms, t0, t1, y0, args, state.nonstiff_state, made_jump
+                )[2]
+            ),
+            "stiff": jax.eval_shape(
+                lambda: stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2]
+            ),
+        }
+
+        # The method switched to starts afresh at (t0, y0), inside its own branch so that
+        # the other method's steps do not pay for the check.
+        def nonstiff(_):
+            inner = state.nonstiff_state
+            restart = self.nonstiff.init(terms, t0, t1, y0, args)  # no evaluation of f
+            inner = jax.tree.map(lambda a, b: jnp.where(state.switched, a, b), restart, inner)
+            y1, err, dense, inner, result = self.nonstiff.step(
+                terms, t0, t1, y0, args, inner, made_jump
+            )
+            h_lambda = explicit_stiffness(self.nonstiff.tableau, dense["k"])
+            dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes["stiff"])}
+            return (y1, err, dense, inner, state.stiff_state, result, h_lambda,
+                    state.power_vector)  # fmt: skip
+
+        def stiff(_):
+            inner = jax.lax.cond(
+                state.switched,
+                lambda: stiff_solver.init(terms, t0, t1, y0, args),
+                lambda: state.stiff_state,
+            )
+            y1, err, dense, inner, result = stiff_solver.step(
+                terms, t0, t1, y0, args, inner, made_jump
+            )
+            field, flat_y1 = FlatField.of(terms, t0, t1, y1, args)
+            jv = jax.jvp(lambda x: field(t1, x), (flat_y1,), (state.power_vector,))[1]
+            size = jnp.linalg.norm(jv)
+            ok = jnp.isfinite(size) & (size > 0)
+            v = jnp.where(ok, jv / jnp.where(ok, size, 1), state.power_vector)
+            h_lambda = jnp.where(ok, h.astype(size.dtype) * size, 0.0)
+            dense = {"nonstiff": _zeros_like_shapes(shapes["nonstiff"]), "stiff": dense}
+            return y1, err, dense, state.nonstiff_state, inner, result, h_lambda, v
+
+        y1, err, dense, ns_state, s_state, result, h_lambda, v = jax.lax.cond(
+            state.stiff_mode, stiff, nonstiff, None
+        )
+        h_lambda = jax.lax.stop_gradient(h_lambda)
+        v = jax.lax.stop_gradient(v)
+        boundary = self.boundary
+        stats = state.stats
+        mode = state.stiff_mode
+        toward_other = jnp.where(
+            mode, h_lambda < self.nonstiff_ratio * boundary, h_lambda > self.stiff_ratio * boundary
+        )
+        streak = jnp.where(toward_other, state.streak + 1, 0)
+        needed = jnp.where(mode, self.nonstiff_after, self.stiff_after)
+        # To the stiff method always; back only while a last switch to it remains.
+        may = ~mode | (stats.num_switches + 1 < self.max_switches)
+        switch = (streak >= needed) & may
+        new_mode = mode ^ switch
+
+        index = jnp.minimum(stats.num_switches, self.max_switches - 1)
+        stats = SwitchStats(
+            num_switches=stats.num_switches + switch.astype(jnp.int32),
+            switch_times=jnp.where(
+                switch & (jnp.arange(self.max_switches) == index), t1, stats.switch_times
+            ),
+            num_steps_nonstiff=stats.num_steps_nonstiff + (~mode).astype(jnp.int32),
+            num_steps_stiff=stats.num_steps_stiff + mode.astype(jnp.int32),
+            time_nonstiff=stats.time_nonstiff + jnp.where(mode, 0.0, h),
+            time_stiff=stats.time_stiff + jnp.where(mode, h, 0.0),
+            stiffness_max=jnp.maximum(
+                stats.stiffness_max, (h_lambda / h).astype(stats.stiffness_max.dtype)
+            ),
+        )
+        new_state = AutoSwitchState(
+            stiff_mode=new_mode,
+            switched=switch,
+            nonstiff_state=ns_state,
+            stiff_state=s_state,
+            streak=jnp.where(switch, 0, streak).astype(jnp.int32),
+            power_vector=v,
+            stats=stats,
+        )
+        dense = dict(dense, stiff_mode=mode)
+        return y1, err, dense, new_state, result
