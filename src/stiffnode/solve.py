@@ -425,7 +425,10 @@ def solve(
     Args:
         vector_field: `f(t, y, args)` as in diffrax (any callable or equinox module); for
             the IMEX solvers `kencarp*`, optionally a pair `(explicit, implicit)`.
-        solver: a name from `SOLVERS` or any `diffrax.AbstractSolver`.
+        solver: a name from `SOLVERS` or any `diffrax.AbstractSolver`. `"auto"` switches
+            between Tsit5 and a stiff method as the problem's stiffness changes
+            (`solvers.AutoSwitch.for_states`: Rodas5P for small systems, matrix-free BDF for
+            large ones); its statistics join `Solution.stats`.
         rtol, atol: relative and absolute tolerances (positive) of the PID controller.
         dt0: initial step; `None` picks one automatically (adaptive stepping only). With
             fixed steps, the step: the grid `t0 + k dt0` (last step shortened to end at t1).
@@ -450,6 +453,7 @@ def solve(
     Returns:
         A `Solution` with `.ts`, `.ys`, `.stats` (see `stiffnode.stats`) and `.result`.
     """
+    by_size = isinstance(solver, str) and solver.lower() == "auto"
     solver = get_solver(solver)
     max_steps = positive_int("max_steps", max_steps)
     # As arrays, so that a new tolerance does not recompile the solve.
@@ -460,6 +464,8 @@ def solve(
     given_times = (t0, t1, dt0)
     t0, t1, dt0 = _times_like_state(y0, t0, t1, dt0)
     y0 = _check_y0(terms, t0, y0, args)
+    if by_size:  # the stiff method of "auto" depends on the number of states
+        solver = AutoSwitch.for_states(sum(np.size(x) for x in jax.tree.leaves(y0)))
     controller, jump_ts = _controller(
         stepsize_controller,
         solver,

@@ -28,8 +28,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from .bdf import BDF
 from .rosenbrock import Rodas5P
-from .self_controlled import ControllerTolerances, FlatField
+from .self_controlled import FROM_CONTROLLER, ControllerTolerances, FlatField
+from .unrolled import rows_sum
+
+DENSE_MAX_STATES = 64
+"""`AutoSwitch.for_states`: up to this many states the stiff method is Rodas5P (a dense
+Jacobian by `jacfwd` and an LU every step), above it matrix-free BDF (GMRES on JVPs, the
+Jacobian never formed)."""
 
 
 def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
@@ -51,20 +58,29 @@ def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
     return float(x[unstable[0] - 1]) if unstable.size else float(x[-1])
 
 
-def _norm(tree) -> Array:
+def _norm(tree, scale) -> Array:
     flat = ravel_pytree(tree)[0]
-    return jnp.sqrt(jnp.sum(jnp.abs(flat) ** 2))
+    return jnp.sqrt(jnp.sum((jnp.abs(flat) / scale) ** 2))
 
 
-def explicit_stiffness(tableau: diffrax.ButcherTableau, ks: PyTree[Array]) -> Array:
+def explicit_stiffness(
+    tableau: diffrax.ButcherTableau, ks: PyTree[Array], scale: Array | float = 1.0
+) -> Array:
     """`h |lambda|` from the stage increments `ks` (leading axis: stages) of an explicit
-    step whose last two stages are at `t1`: `||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`."""
+    step whose last two stages are at `t1`: `||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`, in
+    the norm `||x / scale||_2` (`scale`: flat, e.g. `atol + rtol |y|`, so that components
+    far below the others still count, as the error control sees them; exact for a linear
+    field in any norm when the difference lies along one eigenvector)."""
     weights = np.asarray(tableau.b_sol, float).copy()  # Y_s = y0 + sum b_j k_j (FSAL)
     weights[: len(tableau.a_lower[-2])] -= tableau.a_lower[-2]  # minus Y_{s-1}'s row
-    d_y = jax.tree.map(lambda k: jnp.tensordot(jnp.asarray(weights, k.dtype), k, axes=1), ks)
+    # (written out: a `dot` over 7 stages is a library call per step on XLA:CPU)
+    d_y = jax.tree.map(
+        lambda k: rows_sum(jnp.stack([float(w) * k[i] for i, w in enumerate(weights) if w])),
+        ks,
+    )
     d_k = jax.tree.map(lambda k: k[-1] - k[-2], ks)
-    size = _norm(d_y)
-    return jnp.where(size > 0, _norm(d_k) / jnp.where(size > 0, size, 1), 0.0)
+    size = _norm(d_y, scale)
+    return jnp.where(size > 0, _norm(d_k, scale) / jnp.where(size > 0, size, 1), 0.0)
 
 
 class SwitchStats(eqx.Module):
@@ -84,7 +100,8 @@ class AutoSwitchState(eqx.Module):
     switched: Bool[Array, ""]  # the method in use starts afresh at this step
     nonstiff_state: PyTree
     stiff_state: PyTree
-    streak: Int[Array, ""]  # consecutive accepted steps pointing to the other method
+    streak: Int[Array, ""]  # accepted steps pointing to the other method, since the reset
+    contrary: Int[Array, ""]  # consecutive accepted steps that do not
     power_vector: Array  # the stiff side's power-iteration vector (flat, real)
     stats: SwitchStats
 
@@ -133,8 +150,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         stiff: any adaptive diffrax solver (Rodas5P, Rodas3, BDF, Kvaerno5, ...).
         stiff_ratio: a non-stiff step is stability-limited when `h |lambda| > stiff_ratio B`.
         nonstiff_ratio: a stiff step could be explicit when `h |lambda| < nonstiff_ratio B`.
-        stiff_after: switch to `stiff` after this many stability-limited steps in a row.
-        nonstiff_after: switch back after this many explicit-capable steps in a row.
+        stiff_after: switch to `stiff` after this many stability-limited steps.
+        nonstiff_after: switch back after this many explicit-capable steps.
+        reset_after: the count of steps toward a switch starts again after this many
+            consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
@@ -145,10 +164,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     nonstiff: diffrax.AbstractRungeKutta = diffrax.Tsit5()
     stiff: diffrax.AbstractAdaptiveSolver = Rodas5P()
-    stiff_ratio: float = eqx.field(default=0.9, static=True)
-    nonstiff_ratio: float = eqx.field(default=0.5, static=True)
+    stiff_ratio: float = eqx.field(default=0.6, static=True)
+    nonstiff_ratio: float = eqx.field(default=0.3, static=True)
     stiff_after: int = eqx.field(default=10, static=True)
     nonstiff_after: int = eqx.field(default=3, static=True)
+    reset_after: int = eqx.field(default=6, static=True)
     max_switches: int = eqx.field(default=6, static=True)
     root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=0, static=True)
@@ -157,8 +177,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     def __check_init__(self):
         tableau = getattr(self.nonstiff, "tableau", None)
-        if not isinstance(tableau, diffrax.ButcherTableau) or not (
-            tableau.fsal and tableau.c[-1] == tableau.c[-2] == 1
+        if not (
+            isinstance(self.nonstiff, diffrax.AbstractERK)
+            and isinstance(tableau, diffrax.ButcherTableau)
+            and tableau.fsal
+            and tableau.c[-1] == tableau.c[-2] == 1
         ):
             raise ValueError(
                 "nonstiff must be an explicit Runge-Kutta solver whose last two stages are "
@@ -171,10 +194,18 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 f"need 0 < nonstiff_ratio < stiff_ratio, got {self.nonstiff_ratio}, "
                 f"{self.stiff_ratio}"
             )
-        for name in ("stiff_after", "nonstiff_after", "max_switches"):
+        for name in ("stiff_after", "nonstiff_after", "reset_after", "max_switches"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def for_states(cls, num_states: int, **kwargs) -> "AutoSwitch":
+        """Tsit5 with a stiff method chosen by size: Rodas5P up to `DENSE_MAX_STATES`
+        states, matrix-free BDF (`linear_solver="gmres"`) above (`solve(solver="auto")`)."""
+        if num_states > DENSE_MAX_STATES:
+            kwargs.setdefault("stiff", BDF(linear_solver="gmres"))
+        return cls(**kwargs)
 
     @property
     def interpolation_cls(self):
@@ -203,6 +234,15 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             tuple(getattr(self.root_finder, k) for k in names),
         )
 
+    def _scale(self, y) -> Array | float:
+        """`atol + rtol |y|` (flat, as `|.|` of the state's components) with the controller's
+        tolerances; 1 when there are none (fixed steps)."""
+        rtol, atol = (getattr(self.root_finder, k, None) for k in ("rtol", "atol"))
+        if any(x is None or x is FROM_CONTROLLER for x in (rtol, atol)):
+            return 1.0
+        flat = jnp.abs(ravel_pytree(y)[0])
+        return jnp.asarray(atol, flat.dtype) + jnp.asarray(rtol, flat.dtype) * flat
+
     def init(self, terms, t0, t1, y0, args) -> AutoSwitchState:
         _, flat = FlatField.of(terms, t0, t1, y0, args)
         tdtype = jnp.result_type(t0, t1)
@@ -226,6 +266,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             nonstiff_state=self.nonstiff.init(terms, t0, t1, y0, args),
             stiff_state=self._stiff_solver().init(terms, t0, t1, y0, args),
             streak=jnp.array(0, jnp.int32),
+            contrary=jnp.array(0, jnp.int32),
             power_vector=(v / jnp.linalg.norm(v)).astype(flat.dtype),
             stats=stats,
         )
@@ -262,9 +303,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             y1, err, dense, inner, result = self.nonstiff.step(
                 terms, t0, t1, y0, args, inner, made_jump
             )
-            h_lambda = explicit_stiffness(self.nonstiff.tableau, dense["k"])
+            # Decisions in the error control's norm, which sees components far below the
+            # others (Robertson's y2); the reported |lambda| in the 2-norm, which for a
+            # normal Jacobian is at most its spectral radius (the scaled one is not).
+            h_lambda = explicit_stiffness(self.nonstiff.tableau, dense["k"], self._scale(y1))
+            h_lambda_2 = explicit_stiffness(self.nonstiff.tableau, dense["k"])
             dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes["stiff"])}
-            return (y1, err, dense, inner, state.stiff_state, result, h_lambda,
+            return (y1, err, dense, inner, state.stiff_state, result, h_lambda, h_lambda_2,
                     state.power_vector)  # fmt: skip
 
         def stiff(_):
@@ -283,12 +328,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             v = jnp.where(ok, jv / jnp.where(ok, size, 1), state.power_vector)
             h_lambda = jnp.where(ok, h.astype(size.dtype) * size, 0.0)
             dense = {"nonstiff": _zeros_like_shapes(shapes["nonstiff"]), "stiff": dense}
-            return y1, err, dense, state.nonstiff_state, inner, result, h_lambda, v
+            return y1, err, dense, state.nonstiff_state, inner, result, h_lambda, h_lambda, v
 
-        y1, err, dense, ns_state, s_state, result, h_lambda, v = jax.lax.cond(
+        y1, err, dense, ns_state, s_state, result, h_lambda, h_lambda_2, v = jax.lax.cond(
             state.stiff_mode, stiff, nonstiff, None
         )
-        h_lambda = jax.lax.stop_gradient(h_lambda)
+        h_lambda, h_lambda_2 = jax.lax.stop_gradient((h_lambda, h_lambda_2))
         v = jax.lax.stop_gradient(v)
         boundary = self.boundary
         stats = state.stats
@@ -296,7 +341,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         toward_other = jnp.where(
             mode, h_lambda < self.nonstiff_ratio * boundary, h_lambda > self.stiff_ratio * boundary
         )
-        streak = jnp.where(toward_other, state.streak + 1, 0)
+        # As Hairer's DOPRI5 stiffness test: the count survives a few contrary steps (a
+        # step shrunk after a rejection is not a sign of relaxation).
+        contrary = jnp.where(toward_other, 0, state.contrary + 1)
+        streak = jnp.where(
+            toward_other, state.streak + 1, jnp.where(contrary >= self.reset_after, 0, state.streak)
+        )
         needed = jnp.where(mode, self.nonstiff_after, self.stiff_after)
         # To the stiff method always; back only while a last switch to it remains.
         may = ~mode | (stats.num_switches + 1 < self.max_switches)
@@ -314,7 +364,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             time_nonstiff=stats.time_nonstiff + jnp.where(mode, 0.0, h),
             time_stiff=stats.time_stiff + jnp.where(mode, h, 0.0),
             stiffness_max=jnp.maximum(
-                stats.stiffness_max, (h_lambda / h).astype(stats.stiffness_max.dtype)
+                stats.stiffness_max, (h_lambda_2 / h).astype(stats.stiffness_max.dtype)
             ),
         )
         new_state = AutoSwitchState(
@@ -323,6 +373,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             nonstiff_state=ns_state,
             stiff_state=s_state,
             streak=jnp.where(switch, 0, streak).astype(jnp.int32),
+            contrary=jnp.where(switch, 0, contrary).astype(jnp.int32),
             power_vector=v,
             stats=stats,
         )

@@ -1,0 +1,205 @@
+"""`solvers.AutoSwitch` (`solve(..., solver="auto")`): the stiffness estimate against dense
+eigenvalues, no switch on a non-stiff problem, switches where van der Pol changes
+character, an early switch on Robertson, accuracy against the stored references, and the
+ordinary solver contract (reverse time, vmap, gradients, bad input)."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stiffnode as sn
+from _references import REFERENCES, scaled_error, spread_bound
+from stiffnode import problems
+from stiffnode.solvers import BDF, AutoSwitch, Rodas5P, stability_boundary
+from stiffnode.solvers.auto_switch import DENSE_MAX_STATES, explicit_stiffness
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _lorenz(t, y, args):
+    return jnp.stack(
+        [10 * (y[1] - y[0]), y[0] * (28 - y[2]) - y[1], y[0] * y[1] - 8 / 3 * y[2]]
+    )
+
+
+def test_stability_boundaries_against_the_literature():
+    # Dormand-Prince 5(4): the real stability interval is [-3.3066, 0] (Hairer & Wanner I,
+    # II.10, fig. 10.2; Shampine's stiffness test uses 3.3); classic RK4: [-2.7853, 0].
+    assert abs(stability_boundary(diffrax.Dopri5.tableau) - 3.3066) < 1e-3
+    rk4 = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    )
+    assert abs(stability_boundary(rk4) - 2.7853) < 1e-3
+
+
+def _spectrum_matrix(eigenvalues, seed=0):
+    """A real normal matrix `Q D Q^T` with the given spectrum (conjugate pairs as 2x2
+    rotation-scaling blocks of D, Q a random orthogonal matrix)."""
+    blocks = []
+    for lam in eigenvalues:
+        if np.iscomplex(lam):
+            if lam.imag > 0:
+                blocks.append(np.array([[lam.real, lam.imag], [-lam.imag, lam.real]]))
+        else:
+            blocks.append(np.array([[lam.real]]))
+    n = sum(b.shape[0] for b in blocks)
+    d = np.zeros((n, n))
+    i = 0
+    for b in blocks:
+        d[i : i + b.shape[0], i : i + b.shape[0]] = b
+        i += b.shape[0]
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    return q @ d @ q.T
+
+
+@pytest.mark.parametrize(
+    "eigenvalues",
+    [[-1.0, -30.0, -2000.0], [-1.0, -300.0 + 400.0j, -300.0 - 400.0j], [-0.5, -20.0, -1e4]],
+)
+def test_stiffness_estimate_within_a_factor_two_of_the_dominant_eigenvalue(eigenvalues):
+    """`stiffness_max` of an "auto" solve of y' = A y against |lambda|_max of dense eigvals.
+    The explicit side's stage estimate is exact for a linear field along the stage
+    difference; the stiff side's power iteration converges to |lambda|_max."""
+    a = _spectrum_matrix(np.asarray(eigenvalues, complex))
+    truth = np.max(np.abs(np.linalg.eigvals(a)))
+    y0 = jnp.ones(a.shape[0])
+    sol = sn.solve(lambda t, y, args: jnp.asarray(a) @ y, y0, 0.0, 2.0, solver="auto", rtol=1e-6)
+    estimate = float(sol.stats["stiffness_max"])
+    assert truth / 2 <= estimate <= 2 * truth, (estimate, truth)
+    assert int(sol.stats["num_switches"]) >= 1
+
+
+def test_explicit_estimate_on_one_step_of_a_linear_field():
+    """One Tsit5 step of y' = -lambda y: the stage differences give h lambda exactly."""
+    lam, h = 40.0, 0.05
+    solver = diffrax.Tsit5()
+    terms = diffrax.ODETerm(lambda t, y, args: -lam * y)
+    y0 = jnp.array([1.0, 2.0])
+    state = solver.init(terms, 0.0, h, y0, None)
+    _, _, dense, _, _ = solver.step(terms, 0.0, h, y0, None, state, False)
+    np.testing.assert_allclose(explicit_stiffness(solver.tableau, dense["k"]), h * lam, rtol=1e-12)
+
+
+def test_no_switch_on_a_non_stiff_problem():
+    """Lorenz: never stiff; the solve is Tsit5's, step for step."""
+    auto = sn.solve(_lorenz, jnp.ones(3), 0.0, 10.0, solver="auto", rtol=1e-8, atol=1e-8)
+    tsit5 = sn.solve(_lorenz, jnp.ones(3), 0.0, 10.0, solver="tsit5", rtol=1e-8, atol=1e-8)
+    assert int(auto.stats["num_switches"]) == 0
+    assert int(auto.stats["num_steps_stiff"]) == 0
+    assert int(auto.stats["num_steps"]) == int(tsit5.stats["num_steps"])
+    np.testing.assert_allclose(auto.ys[-1], tsit5.ys[-1], rtol=1e-12)
+
+
+def test_van_der_pol_switches_at_the_fast_transitions():
+    """mu = 1e3: stiff on the slow arcs (|y1| between 1 and 2), non-stiff through the fast
+    transitions (where |y1| passes 1). Each switch to Tsit5 is where |y1| is near 1, each
+    switch back where the solution has landed on a slow arc (|y1| near 2)."""
+    p = problems.van_der_pol()
+    sol = sn.solve(
+        p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, args=p.args, solver="auto",
+        rtol=1e-6, atol=1e-6, saveat=diffrax.SaveAt(t1=True, dense=True), max_steps=100_000,
+    )  # fmt: skip
+    times = np.asarray(sol.stats["switch_times"])
+    times = times[np.isfinite(times)]
+    assert len(times) == int(sol.stats["num_switches"]) >= 3
+    assert times[0] < 1.0  # stiff from the start: y1 = 2 sits on a slow arc
+    for k, t in enumerate(times[1:], start=1):
+        y1 = abs(float(sol.solution.evaluate(t)[0]))
+        if k % 2 == 1:  # to Tsit5: entering a transition
+            assert 0.8 < y1 < 1.3, (k, t, y1)
+        else:  # back to the stiff method: on the next slow arc
+            assert y1 > 1.7, (k, t, y1)
+    ref = np.asarray(REFERENCES["van_der_pol"]["y"])
+    assert scaled_error(sol.ys[-1], ref, p) <= spread_bound("van_der_pol")
+
+
+@pytest.mark.parametrize("name", ["robertson", "hires"])
+def test_stiff_problems_switch_early_and_match_the_references(name):
+    p = getattr(problems, name)()
+    sol = sn.solve(
+        p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, args=p.args, solver="auto",
+        rtol=p.rtol, atol=p.atol, max_steps=100_000,
+    )  # fmt: skip
+    first = float(sol.stats["switch_times"][0])
+    assert first < 0.01 * (p.t1 - p.t0), first  # within the first 1% of the interval
+    assert float(sol.stats["time_stiff"]) > 0.99 * (p.t1 - p.t0)
+    ref = np.asarray(REFERENCES[name]["y"])
+    assert scaled_error(sol.ys[-1], ref, p) <= spread_bound(name)
+
+
+def test_stiff_method_by_size():
+    assert isinstance(AutoSwitch.for_states(3).stiff, Rodas5P)
+    big = AutoSwitch.for_states(DENSE_MAX_STATES + 1)
+    assert isinstance(big.stiff, BDF) and big.stiff.linear_solver == "gmres"
+
+
+def test_reverse_time_and_dense_output():
+    """y' = L (y - cos t), L = 1e4, from t = 1 back to 0: stiff in reverse time (solutions
+    converge to the smooth one as t decreases), y = (L^2 cos t - L sin t) / (1 + L^2)."""
+    lam = 1e4
+
+    def smooth(t):
+        return (lam**2 * np.cos(t) - lam * np.sin(t)) / (1 + lam**2)
+
+    sol = sn.solve(
+        lambda t, y, args: lam * (y - jnp.cos(t)), jnp.array([smooth(1.0)]), 1.0, 0.0,
+        solver="auto", rtol=1e-8, atol=1e-10, saveat=diffrax.SaveAt(t1=True, dense=True),
+    )  # fmt: skip
+    # The global error of an rtol-1e-8 solve is a few tolerances; bar 1e-6.
+    np.testing.assert_allclose(sol.ys[-1], [smooth(0.0)], rtol=1e-6)
+    np.testing.assert_allclose(sol.solution.evaluate(0.5), [smooth(0.5)], rtol=1e-6)
+    assert int(sol.stats["num_switches"]) >= 1
+
+
+def test_vmap_lanes_equal_their_own_solves():
+    p = problems.van_der_pol()
+    mus = jnp.array([10.0, 100.0])
+
+    def one(mu):
+        sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 50.0, args=mu, solver="auto",
+                       rtol=1e-6, atol=1e-6, max_steps=50_000)  # fmt: skip
+        return sol.ys[-1], sol.stats["num_switches"]
+
+    batched = jax.jit(jax.vmap(one))(mus)
+    for i, mu in enumerate(mus):
+        single = one(mu)
+        np.testing.assert_allclose(batched[0][i], single[0], rtol=1e-10)
+        assert int(batched[1][i]) == int(single[1])
+
+
+def test_gradient_matches_finite_differences():
+    def loss(k):
+        sol = sn.solve(lambda t, y, a: jnp.stack([-a * y[0] + y[1], -1e3 * (y[1] - y[0] ** 2)]),
+                       jnp.array([1.0, 0.0]), 0.0, 1.0, args=k, solver="auto", rtol=1e-10,
+                       atol=1e-12, max_steps=20_000)  # fmt: skip
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    k, eps = 0.7, 1e-5
+    g = value_and_grad(k)[1]
+    fd = (value_and_grad(k + eps)[0] - value_and_grad(k - eps)[0]) / (2 * eps)
+    # The gradient of the discrete solve; finite differences of an adaptive solve at rtol
+    # 1e-10 agree to ~1e-5 (the step sequence moves with k).
+    np.testing.assert_allclose(g, fd, rtol=1e-4)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="nonstiff"):
+        AutoSwitch(nonstiff=diffrax.Euler())
+    with pytest.raises(ValueError, match="nonstiff"):
+        AutoSwitch(nonstiff=diffrax.Kvaerno5())
+    with pytest.raises(ValueError, match="stiff must"):
+        AutoSwitch(stiff=diffrax.Euler())
+    with pytest.raises(ValueError, match="nonstiff_ratio"):
+        AutoSwitch(nonstiff_ratio=0.95, stiff_ratio=0.9)
+    with pytest.raises(ValueError, match="stiff_after"):
+        AutoSwitch(stiff_after=0)
