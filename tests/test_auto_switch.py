@@ -203,3 +203,26 @@ def test_bad_arguments_are_named():
         AutoSwitch(nonstiff_ratio=0.95, stiff_ratio=0.9)
     with pytest.raises(ValueError, match="stiff_after"):
         AutoSwitch(stiff_after=0)
+
+
+def test_history_along_the_steps_and_switch_times_in_reverse_time():
+    """`history` records every accepted step (ring of the last H): its times are the
+    solve's, increasing; in reverse time the switch times are in the caller's t."""
+    p = problems.robertson()
+    solver = AutoSwitch(history=4096)
+    sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 1e3, args=p.args, solver=solver,
+                   rtol=1e-6, atol=1e-10)  # fmt: skip
+    n = int(sol.stats["num_steps_nonstiff"] + sol.stats["num_steps_stiff"])
+    t = np.asarray(sol.stats["history_t"])[:n]
+    assert n < 4096 and np.all(np.diff(t) > 0) and t[-1] == pytest.approx(1e3)
+    mode = np.asarray(sol.stats["history_stiff_mode"])[:n]
+    first = float(sol.stats["switch_times"][0])
+    # A step's mode is the one it was taken with: stiff exactly after the switch time.
+    np.testing.assert_array_equal(mode, t > first)
+    lam = np.asarray(sol.stats["history_stiffness"])[:n]
+    assert np.max(lam) == pytest.approx(float(sol.stats["stiffness_max"]))
+
+    back = sn.solve(lambda t, y, a: 1e4 * (y - jnp.cos(t)), jnp.array([1.0]), 1.0, 0.0,
+                    solver="auto", rtol=1e-6, atol=1e-9)  # fmt: skip
+    switch = float(back.stats["switch_times"][0])
+    assert 0.0 < switch < 1.0 and switch > 0.9  # early in the (backward) solve

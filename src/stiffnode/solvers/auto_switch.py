@@ -87,12 +87,19 @@ class SwitchStats(eqx.Module):
     """What `AutoSwitch` did over the accepted steps (a rejected step's are discarded)."""
 
     num_switches: Int[Array, ""]
-    switch_times: Float[Array, " max_switches"]  # NaN beyond num_switches; solver time
+    switch_times: Float[Array, " max_switches"]  # NaN beyond num_switches
     num_steps_nonstiff: Int[Array, ""]
     num_steps_stiff: Int[Array, ""]
     time_nonstiff: Float[Array, ""]
     time_stiff: Float[Array, ""]
     stiffness_max: Float[Array, ""]  # the largest |lambda| estimate
+    # Along the accepted steps when `AutoSwitch(history=H)` (a ring of the last H; NaN and
+    # False where unwritten): the step's end, |lambda|, h |lambda| / B as the switching
+    # rule sees it, and whether the step was stiff.
+    history_t: Float[Array, " history"]
+    history_stiffness: Float[Array, " history"]
+    history_h_lambda: Float[Array, " history"]
+    history_stiff_mode: Bool[Array, " history"]
 
 
 class AutoSwitchState(eqx.Module):
@@ -155,11 +162,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays.
+        history: keep the stiffness estimate and the method of the last `history` accepted
+            steps (`Solution.stats["history_*"]`); 0 keeps none.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
     (NaN-padded to `max_switches`), `num_steps_nonstiff`, `num_steps_stiff`,
-    `time_nonstiff`, `time_stiff` and `stiffness_max` (the largest `|lambda|` estimate).
+    `time_nonstiff`, `time_stiff`, `stiffness_max` (the largest `|lambda|` estimate) and,
+    with `history`, the estimate and method along the steps.
     """
 
     nonstiff: diffrax.AbstractRungeKutta = diffrax.Tsit5()
@@ -170,6 +180,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     nonstiff_after: int = eqx.field(default=3, static=True)
     reset_after: int = eqx.field(default=6, static=True)
     max_switches: int = eqx.field(default=6, static=True)
+    history: int = eqx.field(default=0, static=True)
     root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=0, static=True)
 
@@ -198,6 +209,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.history, int) and self.history >= 0):
+            raise ValueError(f"history must be a non-negative int, got {self.history!r}")
 
     @classmethod
     def for_states(cls, num_states: int, **kwargs) -> "AutoSwitch":
@@ -259,6 +272,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             time_nonstiff=jnp.array(0.0, tdtype),
             time_stiff=jnp.array(0.0, tdtype),
             stiffness_max=jnp.array(0.0, real),
+            history_t=jnp.full((self.history,), jnp.nan, tdtype),
+            history_stiffness=jnp.full((self.history,), jnp.nan, real),
+            history_h_lambda=jnp.full((self.history,), jnp.nan, real),
+            history_stiff_mode=jnp.zeros((self.history,), bool),
         )
         return AutoSwitchState(
             stiff_mode=jnp.array(False),
@@ -276,7 +293,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     def solve_stats(self, final_state: AutoSwitchState) -> dict[str, Array]:
         """The statistics `stiffnode.solve` adds to `Solution.stats`, from the final state."""
-        return {k: getattr(final_state.stats, k) for k in SwitchStats.__dataclass_fields__}
+        names = [k for k in SwitchStats.__dataclass_fields__ if self.history or "history" not in k]
+        return {k: getattr(final_state.stats, k) for k in names}
 
     def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
         state = solver_state
@@ -354,18 +372,27 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         new_mode = mode ^ switch
 
         index = jnp.minimum(stats.num_switches, self.max_switches - 1)
+        # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
+        t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
+        step_index = stats.num_steps_nonstiff + stats.num_steps_stiff
+        at = jnp.arange(self.history) == step_index % max(self.history, 1)
+        stiffness = (h_lambda_2 / h).astype(stats.stiffness_max.dtype)
         stats = SwitchStats(
             num_switches=stats.num_switches + switch.astype(jnp.int32),
             switch_times=jnp.where(
-                switch & (jnp.arange(self.max_switches) == index), t1, stats.switch_times
+                switch & (jnp.arange(self.max_switches) == index), t_real, stats.switch_times
             ),
             num_steps_nonstiff=stats.num_steps_nonstiff + (~mode).astype(jnp.int32),
             num_steps_stiff=stats.num_steps_stiff + mode.astype(jnp.int32),
             time_nonstiff=stats.time_nonstiff + jnp.where(mode, 0.0, h),
             time_stiff=stats.time_stiff + jnp.where(mode, h, 0.0),
-            stiffness_max=jnp.maximum(
-                stats.stiffness_max, (h_lambda_2 / h).astype(stats.stiffness_max.dtype)
+            stiffness_max=jnp.maximum(stats.stiffness_max, stiffness),
+            history_t=jnp.where(at, t_real, stats.history_t),
+            history_stiffness=jnp.where(at, stiffness, stats.history_stiffness),
+            history_h_lambda=jnp.where(
+                at, (h_lambda / boundary).astype(stiffness.dtype), stats.history_h_lambda
             ),
+            history_stiff_mode=jnp.where(at, mode, stats.history_stiff_mode),
         )
         new_state = AutoSwitchState(
             stiff_mode=new_mode,
