@@ -1,0 +1,301 @@
+"""`solver="auto"` (Tsit5 <-> Rodas5P / matrix-free BDF) against every fixed choice, on a
+mixed suite, side by side in one run.
+
+Problems: van der Pol for mu = 1, 10, 100, 1e3, 1e4 (two periods), Robertson (to 1e5),
+HIRES, Lorenz, a neural ODE trained here on Alpine02 (64 samples, vmapped), and the digits
+MLP's gradient flow of `stiffnode flow` (1,210 parameters, to t = 1000). Every solver at
+rtol 1e-6 (atol from the problem), wall time after compilation (median of `--repeats`),
+the error at t1 against a tight reference (Rodas5P at rtol 1e-11 for the small systems,
+Tsit5 at rtol 1e-10 for the neural ODE, BDF at rtol 1e-10 for the gradient flow), and scipy
+LSODA (the classic automatic switcher) on the same right-hand side as the anchor.
+
+Targets (issue "stiffness-aware solving"): auto within 1.3x of the better of Tsit5 and the
+best stiff solver on every problem, while each fixed choice is more than 3x worse than auto
+somewhere. Writes `benchmarks/results/auto_switching.json` after each problem (a rerun
+skips problems already there unless `--fresh`) and `auto_switching.png`: the stiffness
+estimate and the method in use along van der Pol mu = 1e3.
+
+Run: `python benchmarks/auto_switching.py [--problems vdp_1e3 ...] [--fresh] [--plot-only]`.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import stiffnode as sn  # noqa: E402
+from _common import RESULTS, environment  # noqa: E402
+from stiffnode import problems  # noqa: E402
+from stiffnode.solvers import AutoSwitch  # noqa: E402
+
+OUT = Path(RESULTS) / "auto_switching.json"
+PNG = Path(RESULTS) / "auto_switching.png"
+RTOL = 1e-6
+SOLVERS = ("auto", "tsit5", "rodas5p", "bdf", "kvaerno5")
+MAX_STEPS = 400_000
+
+
+def _lorenz(t, y, args):
+    return jnp.stack([10 * (y[1] - y[0]), y[0] * (28 - y[2]) - y[1], y[0] * y[1] - 8 / 3 * y[2]])
+
+
+def _van_der_pol(mu):
+    p = problems.van_der_pol()
+    period = max((3 - 2 * np.log(2)) * mu, 2 * np.pi)  # ~1.61 mu for mu >> 1, 2 pi for mu << 1
+    t1 = 2 * period
+    return dict(f=p.vector_field, y0=jnp.asarray(p.y0), t1=float(t1), args=float(mu), atol=1e-6)
+
+
+def _neural_ode():
+    """A NeuralODE `dy/dt = MLP(y)` in R^8 trained 30 epochs on Alpine02 with Tsit5; the
+    problem: its solve for 64 test inputs, vmapped."""
+    data = sn.data.alpine02_dataset(seed=0, n_train=640, n_test=64)
+    key = jax.random.key(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    field = eqx.nn.MLP(8, 8, 32, 2, activation=jnp.tanh, key=k1)
+
+    class Field(eqx.Module):
+        mlp: eqx.nn.MLP
+
+        def __call__(self, t, y, args):
+            return self.mlp(y)
+
+    model = sn.models.NeuralODE(
+        Field(field), T=1.0, input=eqx.nn.Linear(2, 8, key=k2), output=eqx.nn.Linear(8, 1, key=k3)
+    )
+    model, history = sn.train.fit(
+        model, (data.x_train, data.y_train), optimizer=optax.adam(3e-3), epochs=30,
+        batch_size=64, key=jax.random.key(1),
+    )  # fmt: skip
+    y0 = jax.vmap(model.input)(data.x_test)
+    return dict(
+        f=lambda t, y, args: jax.vmap(lambda z: model.vector_field(t, z, None))(y),
+        y0=y0, t1=1.0, args=None, atol=1e-8,
+        note=f"trained: final train MSE {float(history['train_mse'][-1]):.4f}",
+    )  # fmt: skip
+
+
+def _digits_flow():
+    from stiffnode.flow.vector_field import GradientFlowField
+    from stiffnode.studies.flow_training import digits_task
+
+    task = digits_task(seed=0, hidden=16)
+    return dict(
+        f=GradientFlowField(lambda p: task.loss(p)), y0=task.params, t1=1000.0, args=None,
+        atol=1e-8,
+    )  # fmt: skip
+
+
+def _problem(name):
+    if name.startswith("vdp_"):
+        return _van_der_pol(float(name[4:]))
+    if name == "lorenz":
+        return dict(f=_lorenz, y0=jnp.ones(3), t1=5.0, args=None, atol=1e-8)  # chaotic beyond
+    if name in ("robertson", "hires"):
+        p = getattr(problems, name)()
+        atol = {"robertson": 1e-10, "hires": 1e-9}[name]
+        return dict(f=p.vector_field, y0=jnp.asarray(p.y0), t1=p.t1, args=p.args, atol=atol)
+    if name == "neural_ode":
+        return _neural_ode()
+    if name == "digits_flow":
+        return _digits_flow()
+    raise ValueError(name)
+
+
+PROBLEMS = (
+    "vdp_1", "vdp_10", "vdp_100", "vdp_1e3", "vdp_1e4",
+    "robertson", "hires", "lorenz", "neural_ode", "digits_flow",
+)  # fmt: skip
+
+
+def _size(y0):
+    return sum(np.size(x) for x in jax.tree.leaves(y0))
+
+
+def _run(pb, solver, rtol, atol, history=0):
+    s = AutoSwitch.for_states(_size(pb["y0"]), history=history) if solver == "auto" else solver
+
+    @jax.jit
+    def run():
+        sol = sn.solve(pb["f"], pb["y0"], 0.0, pb["t1"], args=pb["args"], solver=s, rtol=rtol,
+                       atol=atol, max_steps=MAX_STEPS, throw=False)  # fmt: skip
+        return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats, sol.result
+
+    return run
+
+
+def _flat(y):
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(y)])
+
+
+def _lsoda(pb, rtol, atol, repeats):
+    from jax.flatten_util import ravel_pytree
+    from scipy.integrate import solve_ivp
+
+    flat0, unravel = ravel_pytree(pb["y0"])
+    rhs = jax.jit(lambda t, y: ravel_pytree(pb["f"](t, unravel(y), pb["args"]))[0])
+    rhs(0.0, flat0)
+
+    def go():
+        return solve_ivp(lambda t, y: np.asarray(rhs(t, y)), (0.0, pb["t1"]), np.asarray(flat0),
+                         method="LSODA", rtol=rtol, atol=atol)  # fmt: skip
+
+    start = time.perf_counter()
+    out = go()
+    first = time.perf_counter() - start
+    runs = [first] + [_timed(go) for _ in range(max(0, repeats // 2 - 1))]
+    return out, statistics.median(runs)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(name, repeats):
+    import diffrax
+
+    pb = _problem(name)
+    atol = pb["atol"]
+    n = _size(pb["y0"])
+    ref_solver = "rodas5p" if n <= 64 else ("tsit5" if name == "neural_ode" else "bdf")
+    ref_y, _, ref_result = jax.block_until_ready(_run(pb, ref_solver, 1e-11 if n <= 64 else 1e-10,
+                                                      atol * 1e-4)())  # fmt: skip
+    ref = _flat(ref_y)
+    scale = atol + RTOL * np.abs(ref)
+    rows = {}
+    for solver in SOLVERS:
+        if solver == "kvaerno5" and n > 64:
+            rows[solver] = {"skipped": "dense implicit RK on > 64 states"}
+            continue
+        run = _run(pb, solver, RTOL, atol)
+        start = time.perf_counter()
+        y, stats, result = jax.block_until_ready(run())
+        compile_s = time.perf_counter() - start
+        ok = bool(result == diffrax.RESULTS.successful)
+        # (a run that did not finish is timed once: its time is the step budget's)
+        seconds = statistics.median(
+            _timed(lambda: jax.block_until_ready(run())) for _ in range(repeats if ok else 1)
+        )
+        row = {
+            "seconds": seconds, "compile_seconds": compile_s, "finished": ok,
+            "steps": int(stats["num_steps"]),
+            "error": float(np.max(np.abs(_flat(y) - ref) / scale)),
+        }  # fmt: skip
+        if solver == "auto":
+            row |= {k: np.asarray(stats[k]).tolist() for k in
+                    ("num_switches", "switch_times", "num_steps_nonstiff", "num_steps_stiff",
+                     "time_nonstiff", "time_stiff", "stiffness_max")}  # fmt: skip
+        rows[solver] = row
+        print(name, solver, {k: row[k] for k in ("seconds", "finished", "steps", "error")},
+              flush=True)  # fmt: skip
+    if n <= 2048:
+        out, seconds = _lsoda(pb, RTOL, atol, repeats)
+        rows["scipy_lsoda"] = {
+            "seconds": seconds, "finished": bool(out.success), "nfev": int(out.nfev),
+            "njev": int(out.njev),
+            "error": float(np.max(np.abs(out.y[:, -1] - ref) / scale)),
+        }  # fmt: skip
+    finished = {k: v for k, v in rows.items() if v.get("finished") and k in SOLVERS}
+    auto = finished.get("auto", {}).get("seconds")
+    best_fixed = min((v["seconds"] for k, v in finished.items() if k != "auto"), default=None)
+    tsit5 = finished.get("tsit5", {}).get("seconds")
+    best_stiff = min((v["seconds"] for k, v in finished.items() if k not in ("auto", "tsit5")),
+                     default=None)  # fmt: skip
+    better = min(x for x in (tsit5, best_stiff) if x is not None)
+    return {
+        "states": n, "t1": pb["t1"], "rtol": RTOL, "atol": atol,
+        "reference": f"{ref_solver}, ok={bool(ref_result == diffrax.RESULTS.successful)}",
+        "note": pb.get("note", ""), "rows": rows,
+        "auto_over_better_of_tsit5_and_best_stiff": auto / better if auto else None,
+        "auto_over_best_fixed": auto / best_fixed if auto and best_fixed else None,
+        "fixed_over_auto": {k: (v["seconds"] / auto if v.get("finished") else None)
+                            for k, v in rows.items() if k in SOLVERS and k != "auto"},
+    }  # fmt: skip
+
+
+def trace_van_der_pol():
+    """The estimate and the method along van der Pol mu = 1e3 (AutoSwitch history)."""
+    pb = _van_der_pol(1e3)
+    y, stats, _ = _run(pb, "auto", RTOL, pb["atol"], history=8192)()
+    n = int(stats["num_steps_nonstiff"] + stats["num_steps_stiff"])
+    keys = ("history_t", "history_stiffness", "history_h_lambda", "history_stiff_mode")
+    return {k: np.asarray(stats[k])[:n].tolist() for k in keys} | {
+        "switch_times": np.asarray(stats["switch_times"]).tolist()
+    }
+
+
+def plot(record):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = record.get("trace_vdp_1e3")
+    if not tr:
+        return
+    t = np.asarray(tr["history_t"])
+    stiff = np.asarray(tr["history_stiff_mode"], bool)
+    fig, ax = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax[0].semilogy(t, tr["history_stiffness"], "k-", lw=0.8)
+    ax[0].set_ylabel("|lambda| estimate")
+    ax[0].set_title("van der Pol mu = 1e3, solver='auto' (rtol 1e-6)")
+    ax[1].semilogy(t[~stiff], np.asarray(tr["history_h_lambda"])[~stiff], "C0.", ms=2,
+                   label="Tsit5 step")  # fmt: skip
+    ax[1].semilogy(t[stiff], np.asarray(tr["history_h_lambda"])[stiff], "C3.", ms=2,
+                   label="Rodas5P step")  # fmt: skip
+    ax[1].axhline(0.6, color="C0", ls=":", lw=1, label="to stiff above (x B)")
+    ax[1].axhline(0.3, color="C3", ls=":", lw=1, label="back below (x B)")
+    ax[1].set(xlabel="t", ylabel="h |lambda| / B (Tsit5's boundary)")
+    ax[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=120)
+    plt.close(fig)
+
+
+def _write(record):
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, OUT)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=PROBLEMS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    record = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
+    if not args.plot_only:
+        record["environment"] = environment()
+        record.setdefault("problems", {})
+        for name in args.problems:
+            if name in record["problems"] and not args.fresh:
+                continue
+            record["problems"][name] = measure(name, args.repeats)
+            _write(record)
+        record["trace_vdp_1e3"] = trace_van_der_pol()
+        ratios = [v["auto_over_better_of_tsit5_and_best_stiff"] for v in record["problems"].values()]
+        record["summary"] = {
+            "auto_over_better_of_tsit5_and_best_stiff_max": max(r for r in ratios if r),
+            "target": 1.3,
+        }
+        _write(record)
+    plot(record)
+
+
+if __name__ == "__main__":
+    main()
