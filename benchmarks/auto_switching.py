@@ -187,7 +187,8 @@ def measure(name, repeats):
         ok = bool(result == diffrax.RESULTS.successful)
         # (a run that did not finish is timed once: its time is the step budget's)
         seconds = statistics.median(
-            _timed(lambda: jax.block_until_ready(run())) for _ in range(repeats if ok else 1)
+            _timed(lambda run=run: jax.block_until_ready(run()))
+            for _ in range(repeats if ok else 1)
         )
         row = {
             "seconds": seconds, "compile_seconds": compile_s, "finished": ok,
@@ -288,7 +289,8 @@ def main():
             record["problems"][name] = measure(name, args.repeats)
             _write(record)
         record["trace_vdp_1e3"] = trace_van_der_pol()
-        ratios = [v["auto_over_better_of_tsit5_and_best_stiff"] for v in record["problems"].values()]
+        key = "auto_over_better_of_tsit5_and_best_stiff"
+        ratios = [v[key] for v in record["problems"].values()]
         record["summary"] = {
             "auto_over_better_of_tsit5_and_best_stiff_max": max(r for r in ratios if r),
             "target": 1.3,
