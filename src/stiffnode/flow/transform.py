@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from .._validation import positive_int
 from ..solve import get_solver, solve
-from ..solvers import BDF, STAT_KEYS, Rodas3
+from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P
 from ..stats import NOT_COUNTED
 from .vector_field import GradientFlowField, LossFn
 
@@ -26,7 +26,9 @@ FLOW_STAT_KEYS: tuple[str, ...] = (
 `num_vf_evals` counts gradient evaluations, `num_jac_evals` dense Hessians (or, matrix-free,
 linearisation points), `num_jvp_evals` Hessian-vector products."""
 
-STIFF_SOLVERS = ("kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3")
+STIFF_SOLVERS = (
+    "kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3", "rodas5p"
+)  # fmt: skip
 
 Schedule = Callable[[Int[Array, ""]], Float[Array, ""]]
 
@@ -67,7 +69,8 @@ def flow_solver(
 ) -> diffrax.AbstractSolver:
     """The diffrax solver for a flow over `num_params` parameters.
 
-    `linear_solver` applies to BDF/NDF and Rodas3 by name: `"lu"` (dense Hessian; BDF
+    `linear_solver` applies to BDF/NDF, Rodas3 and Rodas5P by name (and to the BDF that
+    `"auto"` switches to when the flow turns stiff): `"lu"` (dense Hessian; BDF
     reuses its LU over steps, Rodas3 factorises once per step), `"gmres"` (Hessian-vector
     products, no matrix, residual tolerance `FLOW_GMRES_RTOL`), `"auto"` (dense up to
     `MAX_DENSE_PARAMS` parameters). Rodas3 is told the flow is autonomous (no `d/dt` term).
@@ -83,8 +86,11 @@ def flow_solver(
         linear_solver = "lu" if num_params <= MAX_DENSE_PARAMS else "gmres"
     if name in ("bdf", "ndf"):
         return BDF(ndf=name == "ndf", linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL)
-    if name == "rodas3":
-        return Rodas3(linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL, autonomous=True)
+    if name in ("rodas3", "rodas5p"):
+        rosenbrock = Rodas3 if name == "rodas3" else Rodas5P
+        return rosenbrock(linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL, autonomous=True)
+    if name == "auto":  # Tsit5 while the flow is not stiff, then BDF as above
+        return AutoSwitch(stiff=flow_solver("bdf", num_params, linear_solver))
     return get_solver(name)
 
 

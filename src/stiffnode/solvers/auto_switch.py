@@ -113,13 +113,15 @@ _COUNTERS = (
     "num_switches",
     "num_steps_nonstiff",
     "num_steps_stiff",
+    "futile",  # stiff stints that ended because the stiff steps were no longer
 )
 _C = {name: i for i, name in enumerate(_COUNTERS)}
 
 
 class AutoSwitchState(eqx.Module):
-    counters: Int[Array, " 7"]  # `_COUNTERS`
-    times: Float[Array, " 2"]  # time_nonstiff, time_stiff
+    counters: Int[Array, " 8"]  # `_COUNTERS`
+    times: Float[Array, " 4"]  # time_nonstiff, time_stiff; the last explicit step before the
+    # switch to the stiff method, and the longest stiff step since
     stiffness_max: Float[Array, ""]
     switch_times: Float[Array, " max_switches"]
     history: tuple[Array, Array, Array, Array]  # t, |lambda|, h |lambda| / B, stiff
@@ -195,9 +197,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         nonstiff_ratio: a stiff step could be explicit when `h |lambda| < nonstiff_ratio B`.
         stiff_after: switch to `stiff` after this many stability-limited steps.
         nonstiff_after: switch back after this many explicit-capable steps.
+        min_gain: a stiff step shorter than this many times the explicit step before the
+            switch counts toward switching back (the stiff method costs more per step); each
+            stint ended that way doubles `stiff_after` for the next.
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
-        max_switches: at most this many switches; the last is to `stiff`, which stays.
+        max_switches: at most this many switches; the last is to `stiff`, which stays,
+            unless the stiff steps were too short to pay (`min_gain`).
         history: keep the stiffness estimate and the method of the last `history` accepted
             steps (`Solution.stats["history_*"]`); 0 keeps none.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
@@ -215,6 +221,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     stiff_after: int = eqx.field(default=10, static=True)
     nonstiff_after: int = eqx.field(default=3, static=True)
     reset_after: int = eqx.field(default=6, static=True)
+    min_gain: float = eqx.field(default=5.0, static=True)
     max_switches: int = eqx.field(default=6, static=True)
     history: int = eqx.field(default=0, static=True)
     root_finder: object = ControllerTolerances()
@@ -302,7 +309,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         v = 1.0 + 0.5 * jnp.sin(jnp.arange(1, n + 1, dtype=real))
         return AutoSwitchState(
             counters=jnp.zeros(len(_COUNTERS), jnp.int32),
-            times=jnp.zeros(2, tdtype),
+            times=jnp.zeros(4, tdtype),
             stiffness_max=jnp.array(0.0, real),
             switch_times=jnp.full((self.max_switches,), jnp.nan, tdtype),
             history=(
@@ -385,8 +392,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         boundary = self.boundary
         c = state.counters
         mode = c[_C["stiff_mode"]] == 1
+        # The stiff method pays for itself only with steps well beyond the explicit
+        # method's stability limit, the step it was switching from; a stint whose longest
+        # step stays short of that is "futile": back, and each futile stint doubles the
+        # evidence needed for the next switch to it.
+        longest = jnp.where(mode, jnp.maximum(state.times[3], h), 0.0)
+        futile = mode & (longest < self.min_gain * state.times[2])
         toward_other = jnp.where(
-            mode, h_lambda < self.nonstiff_ratio * boundary, h_lambda > self.stiff_ratio * boundary
+            mode,
+            (h_lambda < self.nonstiff_ratio * boundary) | futile,
+            h_lambda > self.stiff_ratio * boundary,
         )
         # As Hairer's DOPRI5 stiffness test: the count survives a few contrary steps (a
         # step shrunk after a rejection is not a sign of relaxation).
@@ -396,9 +411,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             c[_C["streak"]] + 1,
             jnp.where(contrary >= self.reset_after, 0, c[_C["streak"]]),
         )
-        needed = jnp.where(mode, self.nonstiff_after, self.stiff_after)
-        # To the stiff method always; back only while a last switch to it remains.
-        may = ~mode | (c[_C["num_switches"]] + 1 < self.max_switches)
+        needed = jnp.where(mode, self.nonstiff_after, self.stiff_after << c[_C["futile"]])
+        # At most max_switches. Back from the stiff method only while a last switch to it
+        # remains, unless its stint is futile; to it, once it has been futile, only while a
+        # futile return remains (the solve never ends stuck in a futile stiff stint).
+        room = c[_C["num_switches"]] + 1 < self.max_switches
+        left = c[_C["num_switches"]] < self.max_switches
+        may = jnp.where(mode, room | (futile & left), left & (room | (c[_C["futile"]] == 0)))
         switch = (streak >= needed) & may
         counters = jnp.stack(
             [
@@ -409,6 +428,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 c[_C["num_switches"]] + switch,
                 c[_C["num_steps_nonstiff"]] + ~mode,
                 c[_C["num_steps_stiff"]] + mode,
+                jnp.minimum(c[_C["futile"]] + (switch & mode & futile), 10),
             ]
         ).astype(jnp.int32)
         # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
@@ -426,7 +446,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             history = tuple(jnp.where(at, a, b) for a, b in zip(new, history, strict=True))
         new_state = AutoSwitchState(
             counters=counters,
-            times=state.times + jnp.where(jnp.arange(2) == mode.astype(jnp.int32), h, 0.0),
+            times=jnp.concatenate(
+                [
+                    state.times[:2] + jnp.where(jnp.arange(2) == mode.astype(jnp.int32), h, 0.0),
+                    jnp.where(switch & ~mode, h, state.times[2:3]),
+                    longest[None],
+                ]
+            ),
             stiffness_max=jnp.maximum(state.stiffness_max, stiffness),
             switch_times=switch_times,
             history=history,
