@@ -24,6 +24,7 @@ from .solvers import (
     ReportingNorm,
     Rodas3,
     Rodas5P,
+    Rosenbrock23,
     SolverStepController,
     initial_step_size,
     solver_stats_of,
@@ -70,6 +71,7 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "ndf": lambda: BDF(ndf=True),
     "rodas3": Rodas3,
     "rodas5p": Rodas5P,
+    "rosenbrock23": Rosenbrock23,
     "auto": AutoSwitch,
 }
 

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from .._validation import positive_int
 from ..solve import get_solver, solve
-from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P
+from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P, Rosenbrock23
 from ..stats import NOT_COUNTED
 from .vector_field import GradientFlowField, LossFn
 
@@ -27,7 +27,8 @@ FLOW_STAT_KEYS: tuple[str, ...] = (
 linearisation points), `num_jvp_evals` Hessian-vector products."""
 
 STIFF_SOLVERS = (
-    "kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3", "rodas5p"
+    "kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3", "rodas5p",
+    "rosenbrock23",
 )  # fmt: skip
 
 Schedule = Callable[[Int[Array, ""]], Float[Array, ""]]
@@ -86,8 +87,8 @@ def flow_solver(
         linear_solver = "lu" if num_params <= MAX_DENSE_PARAMS else "gmres"
     if name in ("bdf", "ndf"):
         return BDF(ndf=name == "ndf", linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL)
-    if name in ("rodas3", "rodas5p"):
-        rosenbrock = Rodas3 if name == "rodas3" else Rodas5P
+    if name in ("rodas3", "rodas5p", "rosenbrock23"):
+        rosenbrock = {"rodas3": Rodas3, "rodas5p": Rodas5P, "rosenbrock23": Rosenbrock23}[name]
         return rosenbrock(linear_solver=linear_solver, gmres_rtol=FLOW_GMRES_RTOL, autonomous=True)
     if name == "auto":  # Tsit5 while the flow is not stiff, then BDF as above
         return AutoSwitch(stiff=flow_solver("bdf", num_params, linear_solver))

@@ -371,21 +371,8 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
                     matvec, c * rhs, krylov, transpose_solve=krylov, has_aux=True
                 )
 
-        ks = []
-        f_i = f0
-        for i in range(len(tab.m)):
-            if i > 0 and tab.new_f[i]:
-                y_i = flat_y0 + sum(float(tab.a[i, j]) * ks[j] for j in range(i) if tab.a[i, j])
-                f_i = fn(t0 + float(tab.alpha[i]) * (t1 - t0), y_i)
-            rhs = f_i + sum((float(tab.c[i, j]) / h) * ks[j] for j in range(i) if tab.c[i, j])
-            if tab.gammas[i] and not self.autonomous:
-                rhs = rhs + (float(tab.gammas[i]) * h) * f_t
-            k_i, used = solve(rhs)
-            ks.append(k_i)
-            num_jvp = num_jvp + used
-        y_new = flat_y0 + sum(float(tab.m[i]) * ks[i] for i in range(len(ks)) if tab.m[i])
-        err = sum(float(tab.e[i]) * ks[i] for i in range(len(ks)) if tab.e[i])
-        f1 = fn(t1, y_new)
+        y_new, err, f1, ks, used = self._stages(fn, t0, t1, flat_y0, f0, f_t, h, solve)
+        num_jvp = num_jvp + used
         failed = ~stable | ~jnp.all(jnp.isfinite(y_new))
         if self.reports:
             scale = atol + rtol * jnp.maximum(jnp.abs(flat_y0), jnp.abs(y_new))
@@ -404,8 +391,7 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
             accepted=accepted,
             next_dt=jnp.asarray(t1 - t0, tdtype) * factor.astype(tdtype),
             order=tab.order,
-            # Stage evaluations (those not shared with an earlier stage) and f(t1, y1).
-            counts=(fresh + sum(tab.new_f[1:]) + 1, lu, num_jvp, lu, 0, 0, 0),
+            counts=(fresh + self._evals_per_attempt(), lu, num_jvp, lu, 0, 0, 0),
             tdtype=tdtype,
             setup_vf_evals=int(self.linear_solver == "lu"),
         )
@@ -413,6 +399,32 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         dense_info = self._dense_info(fn, y0, y1, h, f0, f1, ks)
         new_state = RosenbrockState(f1)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+
+    def _stages(self, fn, t0, t1, flat_y0, f0, f_t, h, solve):
+        """`(y1, error estimate, f(t1, y1), stages K, JVPs used)` by the tableau; `solve(r)`
+        is `((I - h gamma J)^{-1} (h gamma r), JVPs used)`, `f_t` is `df/dt(t0, y0)`."""
+        tab = self.tableau
+        ks = []
+        f_i = f0
+        num_jvp = jnp.array(0, jnp.int32)
+        for i in range(len(tab.m)):
+            if i > 0 and tab.new_f[i]:
+                y_i = flat_y0 + sum(float(tab.a[i, j]) * ks[j] for j in range(i) if tab.a[i, j])
+                f_i = fn(t0 + float(tab.alpha[i]) * (t1 - t0), y_i)
+            rhs = f_i + sum((float(tab.c[i, j]) / h) * ks[j] for j in range(i) if tab.c[i, j])
+            if tab.gammas[i] and not self.autonomous:
+                rhs = rhs + (float(tab.gammas[i]) * h) * f_t
+            k_i, used = solve(rhs)
+            ks.append(k_i)
+            num_jvp = num_jvp + used
+        y_new = flat_y0 + sum(float(tab.m[i]) * ks[i] for i in range(len(ks)) if tab.m[i])
+        err = sum(float(tab.e[i]) * ks[i] for i in range(len(ks)) if tab.e[i])
+        return y_new, err, fn(t1, y_new), ks, num_jvp
+
+    def _evals_per_attempt(self) -> int:
+        """Evaluations of f per step attempt: the stages not shared with an earlier one
+        and f(t1, y1) (the next step's first stage)."""
+        return sum(self.tableau.new_f[1:]) + 1
 
     def _dense_info(self, fn, y0, y1, h, f0, f1, ks) -> dict:
         """What `interpolation_cls` is built from (besides t0, t1), in solver time."""
@@ -451,3 +463,92 @@ class Rodas5P(AbstractRosenbrock):
             [sum(float(w) * k for w, k in zip(row, ks, strict=True)) for row in RODAS5P_DENSE]
         )
         return dict(y0=y0, y1=y1, d=jax.vmap(fn.to_tree)(d))
+
+
+# Shampine & Reichelt, "The MATLAB ODE suite" (SIAM J. Sci. Comput. 18, 1997), section 3:
+# MATLAB's ode23s. A W-method: order 2 for any approximation of J (Rosenbrock methods need
+# the exact one), with an error estimate of order 3 and an L-stable step.
+_R23_D = float(1 / (2 + np.sqrt(2)))
+_R23_E32 = float(6 + np.sqrt(2))
+ROSENBROCK23 = RosenbrockTableau(
+    gamma=_R23_D,
+    a=np.zeros((3, 3)),  # (the stages are written out in `Rosenbrock23._stages`)
+    c=np.zeros((3, 3)),
+    m=np.zeros(3),
+    e=np.zeros(3),
+    alpha=np.array([0.0, 0.5, 1.0]),
+    gammas=np.array([_R23_D, 0.0, _R23_D]),
+    new_f=(True, True, True),
+    order=2,
+    error_order=3,
+)
+
+
+class Rosenbrock23Interpolation(diffrax.AbstractLocalInterpolation):
+    """ode23s's dense output: `y(t0 + s h) = y0 + h (s (1 - s) k1 + s (s - 2d) k2) /
+    (1 - 2d)` on `[t0, t1]` (`hk` holds `h k1` and `h k2`, leading axis 2)."""
+
+    t0: Array
+    t1: Array
+    y0: PyTree[Array]
+    hk: PyTree[Array]
+
+    def _value(self, t):
+        s = (t - self.t0) / (self.t1 - self.t0)
+
+        def one(y0, hk):
+            s_ = s.astype(y0.dtype)
+            w1 = s_ * (1 - s_) / (1 - 2 * _R23_D)
+            w2 = s_ * (s_ - 2 * _R23_D) / (1 - 2 * _R23_D)
+            return y0 + w1 * hk[0] + w2 * hk[1]
+
+        return jax.tree.map(one, self.y0, self.hk)
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        del left
+        if t1 is None:
+            return self._value(t0)
+        return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
+
+
+class Rosenbrock23(AbstractRosenbrock):
+    """Rosenbrock23 (Shampine & Reichelt 1997; MATLAB's ode23s): a 2-stage W-method of
+    order 2 with an order-3 error estimate, L-stable, robust to an inexact Jacobian; three
+    linear solves with `W = I - h d J`, `d = 1 / (2 + sqrt 2)`, per step:
+
+        k1 = W^-1 (F0 + h d T),  F1 = f(t0 + h/2, y0 + h k1 / 2),
+        k2 = W^-1 (F1 - k1) + k1,  y1 = y0 + h k2,  F2 = f(t1, y1),
+        k3 = W^-1 (F2 - e32 (k2 - F1) - 2 (k1 - F0) + h d T),  err = h (k1 - 2 k2 + k3) / 6,
+
+    with `T = df/dt`, `e32 = 6 + sqrt 2`, and `F2` the next step's `F0`. For loose
+    tolerances and mildly stiff problems. Arguments as `AbstractRosenbrock`'s."""
+
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        Rosenbrock23Interpolation
+    )
+    tableau: ClassVar[RosenbrockTableau] = ROSENBROCK23
+
+    def _stages(self, fn, t0, t1, flat_y0, f0, f_t, h, solve):
+        c = h * _R23_D  # solve(r) = c W^-1 r
+
+        def w_inv(r):
+            x, used = solve(r)
+            return x / c, used
+
+        hdt = c * f_t
+        k1, u1 = w_inv(f0 + hdt)
+        f1_mid = fn(t0 + 0.5 * (t1 - t0), flat_y0 + 0.5 * h * k1)
+        k2, u2 = w_inv(f1_mid - k1)
+        k2 = k2 + k1
+        y_new = flat_y0 + h * k2
+        f2 = fn(t1, y_new)
+        k3, u3 = w_inv(f2 - _R23_E32 * (k2 - f1_mid) - 2 * (k1 - f0) + hdt)
+        err = (h / 6) * (k1 - 2 * k2 + k3)
+        return y_new, err, f2, (k1, k2, k3), u1 + u2 + u3
+
+    def _evals_per_attempt(self) -> int:
+        return 2  # F1 and F2 (= the next step's F0)
+
+    def _dense_info(self, fn, y0, y1, h, f0, f1, ks):
+        hk = jnp.stack([h * ks[0], h * ks[1]])
+        return dict(y0=y0, hk=jax.vmap(fn.to_tree)(hk))
