@@ -12,8 +12,8 @@ import pytest
 import stiffnode as sn
 from _references import REFERENCES, scaled_error, spread_bound
 from stiffnode import problems
-from stiffnode.solvers import BDF, AutoSwitch, Rodas5P, stability_boundary
-from stiffnode.solvers.auto_switch import DENSE_MAX_STATES, explicit_stiffness
+from stiffnode.solvers import BDF, AutoSwitch, Rodas5P, explicit_stiffness, stability_boundary
+from stiffnode.solvers.auto_switch import DENSE_MAX_STATES
 
 
 @pytest.fixture(autouse=True)
@@ -226,3 +226,23 @@ def test_history_along_the_steps_and_switch_times_in_reverse_time():
                     solver="auto", rtol=1e-6, atol=1e-9)  # fmt: skip
     switch = float(back.stats["switch_times"][0])
     assert 0.0 < switch < 1.0 and switch > 0.9  # early in the (backward) solve
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "dopri5", "bdf", "rodas5p", "kvaerno5"])
+def test_any_solve_can_report_its_stiffness(solver):
+    """`estimate_stiffness=True`: Tsit5/Dopri5 from their stages, the others by a power
+    iteration on JVPs; within 2x of |lambda|_max of dense eigvals, and the solution is the
+    same as without the estimate."""
+    a = _spectrum_matrix(np.asarray([-1.0, -40.0, -300.0 + 200.0j, -300.0 - 200.0j], complex))
+    truth = np.max(np.abs(np.linalg.eigvals(a)))
+
+    def f(t, y, args):
+        return jnp.asarray(a) @ y
+
+    kw = dict(solver=solver, rtol=1e-6, atol=1e-9)
+    with_estimate = sn.solve(f, jnp.ones(4), 0.0, 1.0, estimate_stiffness=True, **kw)
+    plain = sn.solve(f, jnp.ones(4), 0.0, 1.0, **kw)
+    estimate = float(with_estimate.stats["stiffness_max"])
+    assert truth / 2 <= estimate <= 2 * truth, (estimate, truth)
+    np.testing.assert_array_equal(with_estimate.ys, plain.ys)
+    assert "stiffness_max" not in plain.stats

@@ -26,6 +26,7 @@ from .solvers import (
     Rodas5P,
     Rosenbrock23,
     SolverStepController,
+    StiffnessMonitor,
     initial_step_size,
     solver_stats_of,
 )
@@ -417,6 +418,7 @@ def solve(
     jump_ts: Sequence[float] | Array | None = None,
     throw: bool = True,
     progress: bool = False,
+    estimate_stiffness: bool = False,
 ) -> Solution:
     """Solve `dy/dt = vector_field(t, y, args)`, `y(t0) = y0`, from `t0` to `t1`.
 
@@ -451,6 +453,10 @@ def solve(
         throw: raise (at run time, also under `jit`) if the solve fails, e.g. when the step
             budget is exhausted; with `throw=False` check `Solution.result` yourself.
         progress: show a tqdm progress bar.
+        estimate_stiffness: add `Solution.stats["stiffness_max"]`, the largest estimate of
+            the Jacobian's dominant `|lambda|` over the accepted steps
+            (`solvers.StiffnessMonitor`: free for Tsit5/Dopri5, one JVP per step else;
+            `solver="auto"` reports it always).
 
     Returns:
         A `Solution` with `.ts`, `.ys`, `.stats` (see `stiffnode.stats`) and `.result`.
@@ -496,14 +502,18 @@ def solve(
     if monitored:
         controller = NonFiniteMonitor(controller)
     # The first step is chosen here (two evaluations), except by SolverStepController.
-    adaptive_start = dt0 is None and not fixed_steps and not (
-        counting and controller.norm.solver_steps
+    adaptive_start = (
+        dt0 is None and not fixed_steps and not (counting and controller.norm.solver_steps)
     )
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
     saveat = _saveat(saveat)
-    # A solver with statistics of its own (`AutoSwitch`) keeps them in its state.
-    solver_reports = hasattr(solver, "solve_stats")
+    # A solver with statistics of its own (`AutoSwitch`, `StiffnessMonitor`) keeps them in
+    # its state.
+    reporter = solver if hasattr(solver, "solve_stats") else None
+    if estimate_stiffness and reporter is None:
+        stepping_solver = reporter = StiffnessMonitor(stepping_solver)
+    solver_reports = reporter is not None
     if monitored or solver_reports:
         # The controller's state holds where f was not finite, and the solver's work counts.
         saveat = diffrax.SaveAt(
@@ -550,5 +560,5 @@ def solve(
     counts = solver_stats_of(sol.controller_state) if counting else None
     stats = solver_stats(solver, terms, sol.stats, adaptive_start, num_jumps, counts)
     if solver_reports:
-        stats = stats | solver.solve_stats(sol.solver_state)
+        stats = stats | reporter.solve_stats(sol.solver_state)
     return Solution(ts=sol.ts, ys=sol.ys, stats=stats, result=sol.result, solution=sol)

@@ -1,6 +1,6 @@
 """stiffnode's own diffrax solvers, their controllers and solver wrappers."""
 
-from .auto_switch import AutoSwitch, AutoSwitchState, SwitchStats, stability_boundary
+from .auto_switch import AutoSwitch, AutoSwitchState, SwitchStats
 from .bdf import BDF, BDFInterpolation, BDFState
 from .controllers import (
     BDFController,
@@ -34,11 +34,14 @@ from .self_controlled import (
     ReportingNorm,
     StepReport,
 )
+from .stiffness_estimate import StiffnessMonitor, explicit_stiffness, stability_boundary
 
 __all__ = [
     "AutoSwitch",
     "AutoSwitchState",
     "SwitchStats",
+    "StiffnessMonitor",
+    "explicit_stiffness",
     "stability_boundary",
     "BDF",
     "FROM_CONTROLLER",

@@ -2,19 +2,15 @@
 
 A problem is stiff where an explicit method's step is limited by stability rather than
 accuracy: `h |lambda| ~ B`, with `lambda` the dominant eigenvalue of the Jacobian and `B`
-the method's stability boundary on the negative real axis (Hairer & Wanner II, IV.2). Both
-sides are estimated from what the step already has:
-
-- explicit Runge-Kutta pairs whose last two stages are both at `t1` (Tsit5, Dopri5, FSAL):
-  `h |lambda| ~ ||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||` from the stage increments and stage
-  values (Shampine's test for Dormand-Prince; no extra evaluation);
-- the stiff method: one power iteration per step on the Jacobian at `(t1, y1)` (a JVP),
-  its vector carried from step to step.
+the method's stability boundary on the negative real axis (Hairer & Wanner II, IV.2).
+`|lambda|` comes from `stiffness_estimate`: the explicit method's stages, and one power
+iteration (a JVP) per step on the stiff side.
 
 `AutoSwitch` starts with the non-stiff method, switches to the stiff one after
 `stiff_after` consecutive accepted steps with `h |lambda| > stiff_ratio B`, and back after
 `nonstiff_after` consecutive stiff steps with `h |lambda| < nonstiff_ratio B` (the explicit
-method would be stable with room to spare); after `max_switches` switches it stays stiff.
+method would be stable with room to spare), or when the stiff steps stay too short to pay
+for their cost (`min_gain`); at most `max_switches` switches.
 """
 
 from collections.abc import Callable
@@ -30,57 +26,19 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .bdf import BDF
 from .rosenbrock import Rodas5P
-from .self_controlled import FROM_CONTROLLER, ControllerTolerances, FlatField
-from .unrolled import rows_sum
+from .self_controlled import FROM_CONTROLLER, ControllerTolerances
+from .stiffness_estimate import (
+    explicit_stiffness,
+    has_stage_estimate,
+    power_iteration_start,
+    power_iteration_step,
+    stability_boundary,
+)
 
 DENSE_MAX_STATES = 64
 """`AutoSwitch.for_states`: up to this many states the stiff method is Rodas5P (a dense
 Jacobian by `jacfwd` and an LU every step), above it matrix-free BDF (GMRES on JVPs, the
 Jacobian never formed)."""
-
-
-def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
-    """The largest `x` with `|R(-s)| <= 1` for all `0 <= s <= x`, `R` the stability
-    polynomial `1 + z b^T (I - z A)^{-1} 1` of an explicit Runge-Kutta tableau."""
-    s = len(tableau.b_sol)
-    a = np.zeros((s, s))
-    for i, row in enumerate(tableau.a_lower):
-        a[i + 1, : len(row)] = row
-    # R(z) = sum_k z^k b^T A^(k-1) 1 (A is nilpotent: a polynomial of degree s).
-    coeffs = [1.0]
-    power = np.ones(s)
-    for _ in range(s):
-        coeffs.append(float(tableau.b_sol @ power))
-        power = a @ power
-    x = np.linspace(0.0, 20.0, 200_001)
-    values = np.abs(np.polyval(coeffs[::-1], -x))
-    unstable = np.nonzero(values > 1 + 1e-12)[0]
-    return float(x[unstable[0] - 1]) if unstable.size else float(x[-1])
-
-
-def _norm(tree, scale) -> Array:
-    flat = ravel_pytree(tree)[0]
-    return jnp.sqrt(jnp.sum((jnp.abs(flat) / scale) ** 2))
-
-
-def explicit_stiffness(
-    tableau: diffrax.ButcherTableau, ks: PyTree[Array], scale: Array | float = 1.0
-) -> Array:
-    """`h |lambda|` from the stage increments `ks` (leading axis: stages) of an explicit
-    step whose last two stages are at `t1`: `||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`, in
-    the norm `||x / scale||_2` (`scale`: flat, e.g. `atol + rtol |y|`, so that components
-    far below the others still count, as the error control sees them; exact for a linear
-    field in any norm when the difference lies along one eigenvector)."""
-    weights = np.asarray(tableau.b_sol, float).copy()  # Y_s = y0 + sum b_j k_j (FSAL)
-    weights[: len(tableau.a_lower[-2])] -= tableau.a_lower[-2]  # minus Y_{s-1}'s row
-    # (written out: a `dot` over 7 stages is a library call per step on XLA:CPU)
-    d_y = jax.tree.map(
-        lambda k: rows_sum(jnp.stack([float(w) * k[i] for i, w in enumerate(weights) if w])),
-        ks,
-    )
-    d_k = jax.tree.map(lambda k: k[-1] - k[-2], ks)
-    size = _norm(d_y, scale)
-    return jnp.where(size > 0, _norm(d_k, scale) / jnp.where(size > 0, size, 1), 0.0)
 
 
 class SwitchStats(eqx.Module):
@@ -230,13 +188,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     term_structure: ClassVar = diffrax.AbstractTerm
 
     def __check_init__(self):
-        tableau = getattr(self.nonstiff, "tableau", None)
-        if not (
-            isinstance(self.nonstiff, diffrax.AbstractERK)
-            and isinstance(tableau, diffrax.ButcherTableau)
-            and tableau.fsal
-            and tableau.c[-1] == tableau.c[-2] == 1
-        ):
+        if not has_stage_estimate(self.nonstiff):
             raise ValueError(
                 "nonstiff must be an explicit Runge-Kutta solver whose last two stages are "
                 f"at t1 and first same as last (Tsit5, Dopri5), got {self.nonstiff!r}"
@@ -300,13 +252,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return jnp.asarray(atol, flat.dtype) + jnp.asarray(rtol, flat.dtype) * flat
 
     def init(self, terms, t0, t1, y0, args) -> AutoSwitchState:
-        _, flat = FlatField.of(terms, t0, t1, y0, args)
+        v = power_iteration_start(terms, t0, t1, y0, args)
         tdtype = jnp.result_type(t0, t1)
-        real = jnp.real(flat).dtype
-        n = flat.shape[0]
-        # A start vector with no special structure (any fixed one works unless orthogonal
-        # to the dominant eigenvector).
-        v = 1.0 + 0.5 * jnp.sin(jnp.arange(1, n + 1, dtype=real))
+        real = v.dtype
         return AutoSwitchState(
             counters=jnp.zeros(len(_COUNTERS), jnp.int32),
             times=jnp.zeros(4, tdtype),
@@ -320,7 +268,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             ),
             nonstiff_state=self.nonstiff.init(terms, t0, t1, y0, args),
             stiff_state=self._stiff_solver().init(terms, t0, t1, y0, args),
-            power_vector=(v / jnp.linalg.norm(v)).astype(flat.dtype),
+            power_vector=v,
         )
 
     def func(self, terms, t0, y0, args):
@@ -375,12 +323,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             y1, err, dense, inner, result = stiff_solver.step(
                 terms, t0, t1, y0, args, inner, made_jump
             )
-            field, flat_y1 = FlatField.of(terms, t0, t1, y1, args)
-            jv = jax.jvp(lambda x: field(t1, x), (flat_y1,), (state.power_vector,))[1]
-            size = jnp.linalg.norm(jv)
-            ok = jnp.isfinite(size) & (size > 0)
-            v = jnp.where(ok, jv / jnp.where(ok, size, 1), state.power_vector)
-            h_lambda = jnp.where(ok, h.astype(size.dtype) * size, 0.0)
+            v, lam = power_iteration_step(terms, t0, t1, y1, args, state.power_vector)
+            h_lambda = h.astype(lam.dtype) * lam
             dense = {"nonstiff": _zeros_like_shapes(shapes["nonstiff"]), "stiff": dense}
             return y1, err, dense, state.nonstiff_state, inner, result, h_lambda, h_lambda, v
 
