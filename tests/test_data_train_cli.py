@@ -15,7 +15,7 @@ import stiffnode  # noqa: E402
 import stiffnode.cli  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import Dataset, alpine02, alpine02_dataset  # noqa: E402
-from stiffnode.train import fit, mse  # noqa: E402
+from stiffnode.train import TrainingDiverged, fit, mse  # noqa: E402
 
 # ---------------------------------------------------------------------------- data
 
@@ -139,6 +139,8 @@ def test_fit_reduces_loss(tiny):
         ({"data": "nan_x"}, ValueError, "NaN"),
         ({"data": "nan_y"}, ValueError, "NaN"),
         ({"data": "inf_test"}, ValueError, "NaN or inf"),
+        ({"data": "wide_y"}, ValueError, r"to \(1,\), but one target sample has shape \(3,\)"),
+        ({"data": "narrow_x"}, ValueError, r"does not accept one input sample of shape \(1,\)"),
     ],
 )
 def test_fit_bad_inputs(tiny, kwargs, error, match):
@@ -150,6 +152,9 @@ def test_fit_bad_inputs(tiny, kwargs, error, match):
         "nan_x": (np.where(np.arange(64)[:, None] == 5, np.nan, x), y),
         "nan_y": (x, np.where(np.arange(64)[:, None] == 7, np.nan, y)),
         "inf_test": (x, y, np.full_like(x[:4], np.inf), y[:4]),
+        # (a 3-wide target for a 1-output model was broadcast silently before)
+        "wide_y": (x, np.repeat(y, 3, axis=1)),
+        "narrow_x": (x[:, :1], y),
     }
     options = {"epochs": 1, "batch_size": 16, "key": jax.random.PRNGKey(0), "data": data}
     options.update(kwargs)
@@ -157,6 +162,19 @@ def test_fit_bad_inputs(tiny, kwargs, error, match):
         options["data"] = bad[options["data"]]
     with pytest.raises(error, match=match):
         fit(model, **options)
+
+
+@pytest.mark.parametrize("optimizer", [optax.sgd(1e6), optax.adam(1e6)])
+def test_fit_reports_divergence_with_its_epoch(tiny, optimizer):
+    """sgd(1e6) used to return all-NaN losses and parameters, adam(1e6) losses of 1e24,
+    both without a word: now an error naming the epoch (NaN, or above 1e6 x the start)."""
+    model, data = tiny
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch \d+") as info:
+        fit(model, data, optimizer=optimizer, epochs=20, batch_size=8, key=jax.random.PRNGKey(0))
+    assert 1 <= info.value.epoch <= 20
+    assert not np.isfinite(info.value.loss) or info.value.loss > 1e6 * float(
+        mse(model, data.x_train, data.y_train)
+    )
 
 
 # ---------------------------------------------------------------------------- cli

@@ -14,6 +14,20 @@ from ._validation import positive_int
 
 LossFn = Callable[[Any, Array, Array], Scalar]
 
+DIVERGENCE_RATIO = 1e6
+"""`fit` stops with `TrainingDiverged` when an epoch's mean loss exceeds this many times the
+loss before training (or is NaN/inf)."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training diverged: a non-finite loss, or one far above where it started. The
+    message names the epoch; no diverged parameters are returned as a result."""
+
+    def __init__(self, message: str, epoch: int, loss: float):
+        super().__init__(message)
+        self.epoch = epoch
+        self.loss = loss
+
 
 def mse(
     model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
@@ -47,6 +61,25 @@ def _split_data(data) -> tuple[Array, Array, Array | None, Array | None]:
         "data must be a stiffnode.data.Dataset or a tuple (x_train, y_train) or "
         f"(x_train, y_train, x_test, y_test), got {type(data).__name__}"
     )
+
+
+def _check_model_shapes(model, x, y):
+    """The model maps one input sample to the shape of one target sample; a clear error
+    naming the shapes otherwise (instead of a silently broadcast loss, or JAX's
+    `dot_general` error for a wrong input width)."""
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"the model does not accept one input sample of shape {x.shape[1:]} "
+            f"(x has shape {x.shape}): {str(e).splitlines()[0]}"
+        ) from None
+    if not hasattr(out, "shape") or out.shape != y.shape[1:]:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"the model maps one input sample {x.shape[1:]} to {got}, but one target sample "
+            f"has shape {y.shape[1:]} (y has shape {y.shape})"
+        )
 
 
 def _check_xy(name: str, x, y) -> tuple[Array, Array]:
@@ -127,6 +160,12 @@ def fit(
         The trained model and a history dict of per-epoch numpy arrays: `"loss"` (mean
         minibatch loss), `"train_mse"` and, with test data, `"test_mse"` (on the whole
         sets, after the epoch's updates).
+
+    Raises:
+        ValueError: the model's output for one sample does not have the shape of one target
+            (loss "mse"), or it does not accept one input sample.
+        TrainingDiverged: an epoch's mean loss is NaN/inf or above `DIVERGENCE_RATIO` times
+            the loss before training (checked after every epoch).
     """
     if optimizer is None:
         optimizer = optax.adam(1e-3)
@@ -144,8 +183,11 @@ def fit(
             f"batch_size={batch_size} is larger than the training set ({x.shape[0]} samples)"
         )
 
+    if loss == "mse":
+        _check_model_shapes(model, x, y)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
+    start_loss = float(eqx.filter_jit(loss_fn)(model, x, y))
     history: dict[str, list] = {}
     epoch_iter = range(epochs)
     bar = None
@@ -169,6 +211,17 @@ def fit(
                 key,
                 batch_size,
             )
+            epoch_loss = float(metrics["loss"])
+            if not np.isfinite(epoch_loss) or epoch_loss > DIVERGENCE_RATIO * max(
+                start_loss, np.finfo(np.float32).tiny
+            ):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch + 1}: mean minibatch loss "
+                    f"{epoch_loss:.3g} (before training {start_loss:.3g}); lower the "
+                    "learning rate",
+                    epoch + 1,
+                    epoch_loss,
+                )
             for name, value in metrics.items():
                 history.setdefault(name, []).append(value)
             if bar is not None:
