@@ -567,6 +567,15 @@ def test_gradient_flow_errors():
         opt.update(_zeros(P0), opt.init(P0))
 
 
+@pytest.mark.parametrize("name", ["window", "rtol", "atol"])
+def test_schedule_values_are_checked_when_used(name):
+    """A schedule returning -1 for the window used to run the flow backwards (gradient
+    ascent, loss 3 -> 4.9e5); now an error naming the schedule, under jit too."""
+    opt = gradient_flow(_quadratic_loss(H_STIFF), "tsit5", **{name: lambda count: -1.0})
+    with pytest.raises(jax.errors.JaxRuntimeError, match=f"the {name} schedule returned"):
+        jax.block_until_ready(_jit(opt.update)(_zeros(P0), opt.init(P0), P0))
+
+
 def test_gradient_flow_nan_loss_is_named():
     """A loss that is NaN: the update says the vector field (the gradient) returned NaN, not
     that the step budget ran out."""

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
@@ -54,8 +55,18 @@ class GradientFlowState(NamedTuple):
     window_stats: dict[str, Int[Array, ""]]
 
 
-def _value(x: float | Schedule, count) -> Array:
-    return jnp.asarray(x(count) if callable(x) else x)
+def _value(name: str, x: float | Schedule, count) -> Array:
+    """`x`, or the schedule `x` at `count`, checked to be finite and positive when used (at
+    run time, also under `jit`: a negative window would run the flow backwards, i.e.
+    gradient ascent)."""
+    if not callable(x):
+        return jnp.asarray(x)
+    value = jnp.asarray(x(count))
+    return eqx.error_if(
+        value,
+        ~jnp.all(jnp.isfinite(value) & (value > 0)),
+        f"gradient_flow: the {name} schedule returned a value that is not finite and positive",
+    )
 
 
 def _check_positive(name: str, x):
@@ -179,15 +190,15 @@ def gradient_flow(
         num_params = ravel_pytree(params)[0].size
         stepper = flow_solver(solver, num_params, linear_solver)
         t0 = state.time
-        t1 = t0 + _value(window, state.count).astype(t0.dtype)
+        t1 = t0 + _value("window", window, state.count).astype(t0.dtype)
         sol = solve(
             field,
             params,
             t0,
             t1,
             solver=stepper,
-            rtol=_value(rtol, state.count),
-            atol=_value(atol, state.count),
+            rtol=_value("rtol", rtol, state.count),
+            atol=_value("atol", atol, state.count),
             args=loss_kwargs,
             max_steps=max_steps,
         )
