@@ -93,3 +93,13 @@ def test_flow_study_bad_arguments(tmp_path):
         flow_training.run_study("mnist", tmp_path)
     with pytest.raises(ValueError, match="unknown methods"):
         flow_training.run_study("digits", tmp_path, methods=("adam", "lbfgs"))
+
+
+def test_tuning_leaves_out_diverged_rates_and_says_when_all_diverged():
+    """Every learning rate diverging used to crash with `TypeError: cannot unpack
+    non-iterable NoneType`; 1e300 used to be kept with a "target loss" of 1.9e301."""
+    task = flow_training.TASKS["alpine02"](0)
+    with pytest.raises(ValueError, match="diverged at every learning rate"):
+        flow_training._tune(task, "adam", 5, [1e308])
+    lr, final, _ = flow_training._tune(task, "adam", 5, [1e300, 1e-2])
+    assert lr == 1e-2 and np.isfinite(final) and final < float(task.loss(task.params))

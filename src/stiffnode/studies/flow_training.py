@@ -41,6 +41,7 @@ from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
 from ..models import ResNet
 from ..solve import solve
+from ..train import DIVERGENCE_RATIO
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,10 @@ def _entry(task: FlowTask, result, target: float | None, kind: str, **extra) -> 
 
 
 def _tune(task, name, updates, learning_rates):
-    """The learning rate of `learning_rates` with the lowest final train loss (rates whose
-    run diverged to a non-finite loss are left out)."""
+    """The learning rate of `learning_rates` with the lowest final train loss. Rates whose
+    run diverged (a non-finite loss, or a final loss above `DIVERGENCE_RATIO` times the
+    start) are left out; if all did, a `ValueError` says so."""
+    start = float(task.loss(task.params))
     best = None
     for lr in learning_rates:
         try:
@@ -195,8 +198,15 @@ def _tune(task, name, updates, learning_rates):
         except FloatingPointError:
             continue
         final = r.history["loss"][-1]
+        if not np.isfinite(final) or final > DIVERGENCE_RATIO * start:
+            continue
         if best is None or final < best[1]:
             best = (lr, final, r)
+    if best is None:
+        raise ValueError(
+            f"{name}: training diverged at every learning rate of {list(learning_rates)} "
+            f"(loss at the start {start:.3g}); try smaller ones"
+        )
     return best
 
 
