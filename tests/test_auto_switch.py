@@ -203,6 +203,10 @@ def test_bad_arguments_are_named():
         AutoSwitch(nonstiff_ratio=0.95, stiff_ratio=0.9)
     with pytest.raises(ValueError, match="stiff_after"):
         AutoSwitch(stiff_after=0)
+    with pytest.raises(ValueError, match="min_gain"):
+        AutoSwitch(min_gain=0.5)
+    with pytest.raises(ValueError, match="history"):
+        AutoSwitch(history=-1)
 
 
 def test_history_along_the_steps_and_switch_times_in_reverse_time():

@@ -204,6 +204,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.min_gain >= 1:
+            raise ValueError(f"min_gain must be at least 1, got {self.min_gain!r}")
         if not (isinstance(self.history, int) and self.history >= 0):
             raise ValueError(f"history must be a non-negative int, got {self.history!r}")
 
