@@ -165,7 +165,7 @@ def test_vmap_lanes_equal_their_own_solves():
     mus = jnp.array([10.0, 100.0])
 
     def one(mu):
-        sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 50.0, args=mu, solver="auto",
+        sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 20.0, args=mu, solver="auto",
                        rtol=1e-6, atol=1e-6, max_steps=50_000)  # fmt: skip
         return sol.ys[-1], sol.stats["num_switches"]
 
@@ -179,7 +179,7 @@ def test_vmap_lanes_equal_their_own_solves():
 def test_gradient_matches_finite_differences():
     def loss(k):
         sol = sn.solve(lambda t, y, a: jnp.stack([-a * y[0] + y[1], -1e3 * (y[1] - y[0] ** 2)]),
-                       jnp.array([1.0, 0.0]), 0.0, 1.0, args=k, solver="auto", rtol=1e-10,
+                       jnp.array([1.0, 0.0]), 0.0, 0.3, args=k, solver="auto", rtol=1e-10,
                        atol=1e-12, max_steps=20_000)  # fmt: skip
         return jnp.sum(sol.ys[-1] ** 2)
 
@@ -213,12 +213,12 @@ def test_history_along_the_steps_and_switch_times_in_reverse_time():
     """`history` records every accepted step (ring of the last H): its times are the
     solve's, increasing; in reverse time the switch times are in the caller's t."""
     p = problems.robertson()
-    solver = AutoSwitch(history=4096)
-    sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 1e3, args=p.args, solver=solver,
+    solver = AutoSwitch(history=1024)
+    sol = sn.solve(p.vector_field, jnp.asarray(p.y0), 0.0, 100.0, args=p.args, solver=solver,
                    rtol=1e-6, atol=1e-10)  # fmt: skip
     n = int(sol.stats["num_steps_nonstiff"] + sol.stats["num_steps_stiff"])
     t = np.asarray(sol.stats["history_t"])[:n]
-    assert n < 4096 and np.all(np.diff(t) > 0) and t[-1] == pytest.approx(1e3)
+    assert n < 1024 and np.all(np.diff(t) > 0) and t[-1] == pytest.approx(100.0)
     mode = np.asarray(sol.stats["history_stiff_mode"])[:n]
     first = float(sol.stats["switch_times"][0])
     # A step's mode is the one it was taken with: stiff exactly after the switch time.
