@@ -783,21 +783,14 @@ def _ensemble(name, s, repeats) -> dict:
         seconds = _median_time(lambda: jax.block_until_ready(solve_all(*inputs)), repeats)
         return compile_s, seconds, np.asarray(ys), {key: np.asarray(v) for key, v in stats.items()}
 
+    # The same BDF solve for both stiffnode entry points.
+    solve_kwargs = dict(solver="bdf", rtol=rtol, atol=atol, max_steps=20_000)
+
     def stiffnode_vmap():
         @jax.jit
         def solve_all(k):
             def one(ki):
-                sol = sn.solve(
-                    p.vector_field,
-                    y0,
-                    p.t0,
-                    p.t1,
-                    args=ki,
-                    solver="bdf",
-                    rtol=rtol,
-                    atol=atol,
-                    max_steps=20_000,
-                )
+                sol = sn.solve(p.vector_field, y0, p.t0, p.t1, args=ki, **solve_kwargs)
                 return sol.ys[-1], sol.stats
 
             return jax.vmap(one)(k)
@@ -818,17 +811,7 @@ def _ensemble(name, s, repeats) -> dict:
     def stiffnode_solve_ensemble():
         @jax.jit
         def solve_all(y0s, k):
-            sol = sn.solve_ensemble(
-                p.vector_field,
-                y0s,
-                p.t0,
-                p.t1,
-                args=k,
-                solver="bdf",
-                rtol=rtol,
-                atol=atol,
-                max_steps=20_000,
-            )
+            sol = sn.solve_ensemble(p.vector_field, y0s, p.t0, p.t1, args=k, **solve_kwargs)
             return sol.ys[:, -1], sol.stats
 
         y0s, k = jnp.tile(y0, (size, 1)), jnp.asarray(args)

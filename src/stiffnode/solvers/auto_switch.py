@@ -337,7 +337,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         v = jax.lax.stop_gradient(v)
         boundary = self.boundary
         c = state.counters
-        mode = c[_C["stiff_mode"]] == 1
+        mode = state.stiff_mode
         # The stiff method pays for itself only with steps well beyond the explicit
         # method's stability limit, the step it was switching from; a stint whose longest
         # step stays short of that is "futile": back, and each futile stint doubles the
