@@ -10,6 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from stiffnode import checkpoints  # noqa: E402
 from stiffnode import trials as tr  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import alpine02_dataset  # noqa: E402
@@ -119,10 +120,47 @@ def test_training_resumes_from_checkpoint(data, tmp_path, monkeypatch):
             config, data, [0, 1], dtype=jnp.float64, checkpoint=ckpt, checkpoint_every_s=0.0
         )
     assert ckpt.exists()
+    interrupted_wall = checkpoints.load(ckpt)[1]["wall_time_s"]
+    assert interrupted_wall > 0
     monkeypatch.setattr(tr, "_build", build)
     resumed = tr.train_trials(config, data, [0, 1], dtype=jnp.float64, checkpoint=ckpt)
     for k, v in reference.history.items():
         np.testing.assert_allclose(resumed.history[k], v, rtol=1e-9, err_msg=k)
+    # The time before the interruption is carried into the resumed run's.
+    assert resumed.wall_time_s > interrupted_wall
+    # Another configuration's checkpoint is refused, naming it.
+    with pytest.raises(ValueError, match="another configuration"):
+        tr.train_trials(_config(width=3, epochs=6), data, [0, 1], checkpoint=ckpt)
+    # A truncated checkpoint is set aside with a warning, and training starts afresh.
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.warns(UserWarning, match="ckpt.npz is damaged"):
+        again = tr.train_trials(config, data, [0, 1], dtype=jnp.float64, checkpoint=ckpt)
+    assert (tmp_path / "ckpt.npz.damaged").exists()
+    np.testing.assert_allclose(again.history["ER"], reference.history["ER"], rtol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # lr 1e300 in float32
+def test_diverging_trials_are_marked_not_reported(data):
+    """A learning rate that blows up: each trial is marked diverged with its epoch, its
+    final metrics are NaN (not numbers from a NaN model; was numpy's LinAlgError at 1e300),
+    and the study's medians leave it out and count it."""
+    for lr in (1e6, 1e300):
+        result = tr.train_trials(_config(learning_rate=lr), data, [0, 1])
+        assert np.all(result.diverged_at == 2), lr  # seen at the first record, epoch 2
+        assert all(np.all(np.isnan(v)) for v in result.final.values())
+    healthy = tr.train_trials(_config(), data, [0])
+    assert np.all(healthy.diverged_at == 0)
+    rows = [
+        {"seed": s, "diverged_at": d, "wall_time_s": 1.0, "group_wall_time_s": 2.0,
+         "final_ER": er, "final_GE": er, "final_stiffness": 1.0}  # fmt: skip
+        for s, d, er in ((0, 0, 1.0), (1, 4, np.nan), (2, 0, 3.0))
+    ]
+    summary, details = seed_resnet._summarise({"RES": rows}, "alpine02", 3, 4, "amortised")
+    assert summary["RES"]["ER"] == 2.0 and summary["RES"]["diverged"] == 1
+    assert details["models"]["RES"]["diverged_seeds"] == [1]
+    all_diverged = [r | {"diverged_at": 2} for r in rows]
+    summary, _ = seed_resnet._summarise({"RES": all_diverged}, "alpine02", 3, 4, "amortised")
+    assert summary["RES"]["ER"] is None and summary["RES"]["diverged"] == 3
 
 
 def test_pollu_ensemble_members_against_scipy(tmp_path):
@@ -187,9 +225,22 @@ def test_study_cli_writes_summary_and_never_recomputes(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["RES", "RES L2", "RES stiff"]
     for row in summary.values():
-        assert set(row) == {"ER", "GE", "stiffness", "wall_time_s"}
-        assert all(np.isfinite(v) for v in row.values())
+        assert set(row) == {"ER", "GE", "stiffness", "wall_time_s", "diverged"}
+        assert all(np.isfinite(v) for v in row.values()) and row["diverged"] == 0
     assert summary["RES"] == first["RES"]
+    # Damaged trial files (truncated, empty, incomplete) are named, set aside and their
+    # trials recomputed; the summary is unchanged.
+    files[0].write_bytes(files[0].read_bytes()[:300])
+    files[1].write_bytes(b"")
+    with pytest.warns(UserWarning, match="damaged") as caught:
+        again = seed_resnet.run_study("alpine02", models=("RES",), **args)
+    assert all(any(str(f) in str(w.message) for w in caught) for f in files)
+    assert all(f.with_name(f.name + ".damaged").exists() for f in files)
+    assert again["RES"]["ER"] == pytest.approx(first["RES"]["ER"], rel=1e-12)
+    arrays, meta = checkpoints.load(files[0])
+    checkpoints.save(files[0], {k: v for k, v in arrays.items() if k != "final_ER"}, meta)
+    with pytest.warns(UserWarning, match="no final_ER in it"):
+        seed_resnet.run_study("alpine02", models=("RES",), **args)
     for name in ("summary.csv", "trials.csv", "evolution.png", "details.json"):
         assert (out / name).exists()
     with pytest.raises(ValueError, match="another study"):  # other epochs: never reused

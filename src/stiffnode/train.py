@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._validation import positive_int
 
@@ -16,7 +16,17 @@ LossFn = Callable[[Any, Array, Array], Scalar]
 
 DIVERGENCE_RATIO = 1e6
 """`fit` stops with `TrainingDiverged` when an epoch's mean loss exceeds this many times the
-loss before training (or is NaN/inf)."""
+loss before training (or is NaN/inf); the same rule marks diverged trials and runs in the
+studies (`has_diverged`)."""
+
+
+def has_diverged(loss: ArrayLike, start: ArrayLike) -> np.ndarray:
+    """`loss` is NaN/inf or above `DIVERGENCE_RATIO` times `start` (elementwise, numpy)."""
+    loss, start = np.asarray(loss, float), np.asarray(start, float)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(loss) | (
+            loss > DIVERGENCE_RATIO * np.maximum(start, np.finfo(np.float32).tiny)
+        )
 
 
 class TrainingDiverged(FloatingPointError):
@@ -212,9 +222,7 @@ def fit(
                 batch_size,
             )
             epoch_loss = float(metrics["loss"])
-            if not np.isfinite(epoch_loss) or epoch_loss > DIVERGENCE_RATIO * max(
-                start_loss, np.finfo(np.float32).tiny
-            ):
+            if has_diverged(epoch_loss, start_loss):
                 raise TrainingDiverged(
                     f"training diverged in epoch {epoch + 1}: mean minibatch loss "
                     f"{epoch_loss:.3g} (before training {start_loss:.3g}); lower the "

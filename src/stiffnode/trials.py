@@ -26,8 +26,10 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
+from . import checkpoints
 from ._validation import positive_int
 from .losses import l2_norm, penalised_loss
+from .train import has_diverged, mse
 from .models import ResNet
 from .stiffness import (
     amortised_power_init,
@@ -143,8 +145,9 @@ class TrialsResult(NamedTuple):
     models: ResNet  # stacked: eqx.filter_vmap over it, or index with `trial_model`
     history: dict[str, np.ndarray]  # (trials, n_evals), recorded after epochs `epochs`
     epochs: np.ndarray  # (n_evals,) the epoch count after which each history entry was taken
-    final: dict[str, np.ndarray]  # (trials,)
+    final: dict[str, np.ndarray]  # (trials,); NaN for a diverged trial
     wall_time_s: float  # training time of the whole vmapped group (compilation included)
+    diverged_at: np.ndarray  # (trials,) the epoch after which divergence was seen; 0: never
 
 
 def trial_model(models: ResNet, i: int) -> ResNet:
@@ -296,19 +299,35 @@ def _final_one(model: ResNet, x, y, x_test, y_test, stiffness_samples: int, prox
     return out, J
 
 
+FINAL_METRICS = (
+    *("frobenius", "gelfand", "power", "singular_ratio", "ER", "GE", "stiffness", "l2_norm"),
+    *("stiffness_ratio", "modulus_ratio"),
+)
+"""The keys of `final_metrics`."""
+
+
 def final_metrics(
-    models: ResNet, data, *, stiffness_samples: int = 256, proxy_samples: int = 16
+    models: ResNet,
+    data,
+    *,
+    stiffness_samples: int = 256,
+    proxy_samples: int = 16,
+    skip: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per trial: ER, GE (MSE on the train and test sets), `stiffness` (the seed's: the sum
     over layers of the Gelfand spectral radius, mean over the first `stiffness_samples`
     training samples), `l2_norm`, and the proxies `frobenius`, `gelfand`, `power`,
     `singular_ratio` (sum over layers, mean over the first `proxy_samples` samples) and
     `stiffness_ratio`, `modulus_ratio` (median over those samples and layers, by numpy's
-    eigenvalues: they are often `inf`-heavy)."""
+    eigenvalues: they are often `inf`-heavy). Trials where `skip` (bool, per trial) is
+    true get NaN (a diverged model's metrics are not results)."""
     x, y, x_test, y_test = (jnp.asarray(a) for a in data[:4])
     num = jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_array))[0].shape[0]
     results = []
     for i in range(num):
+        if skip is not None and skip[i]:
+            results.append(dict.fromkeys(FINAL_METRICS, np.nan))
+            continue
         out, J = _final_one(
             trial_model(models, i), x, y, x_test, y_test, stiffness_samples, proxy_samples
         )
@@ -319,24 +338,26 @@ def final_metrics(
             out["stiffness_ratio"] = float(np.median(re.max(-1) / re.min(-1)))
             out["modulus_ratio"] = float(np.median(mod.max(-1) / mod.min(-1)))
         results.append(out)
-    return {k: np.array([r[k] for r in results]) for k in results[0]}
+    return {k: np.array([r[k] for r in results]) for k in FINAL_METRICS}
 
 
-def _save_checkpoint(path: Path, state, history, epochs_done):
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+def _save_checkpoint(path: Path, state, history, epochs_done: int, wall_time_s: float):
+    arrays = checkpoints.tree_arrays(state, "leaf")
     arrays |= {f"hist_{k}": np.asarray(v) for k, v in history.items()}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, epochs_done=epochs_done, **arrays)
-    os.replace(tmp, path)
+    checkpoints.save(path, arrays, {"epochs_done": epochs_done, "wall_time_s": wall_time_s})
 
 
 def _load_checkpoint(path: Path, like):
-    with np.load(path) as f:
-        leaves, treedef = jax.tree_util.tree_flatten(like)
-        loaded = [jnp.asarray(f[f"leaf_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)]
-        history = {k[5:]: list(f[k].T) for k in f.files if k.startswith("hist_")}
-        return jax.tree_util.tree_unflatten(treedef, loaded), history, int(f["epochs_done"])
+    """`(state, history, epochs_done, wall_time_s)`, or None when there is no checkpoint or
+    it is damaged (set aside with a warning: training restarts)."""
+    loaded = checkpoints.load_or_set_aside(path)
+    if loaded is None:
+        return None
+    arrays, meta = loaded
+    what = f"the checkpoint {path} was made by another configuration, data or seeds"
+    state = checkpoints.tree_from_arrays(arrays, like, "leaf", what=what)
+    history = {k[5:]: list(v.T) for k, v in arrays.items() if k.startswith("hist_")}
+    return state, history, int(meta["epochs_done"]), float(meta["wall_time_s"])
 
 
 def train_trials(
@@ -393,12 +414,15 @@ def train_trials(
     )
     static = statics[0]
     state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
-    history: dict[str, list] = {}
-    done = 0
-    checkpoint = None if checkpoint is None else Path(checkpoint)
-    if checkpoint is not None and checkpoint.exists():
-        state, history, done = _load_checkpoint(checkpoint, state)
     num = len(seeds)
+    start_error = np.asarray(_training_error(state.params, static, x, y))
+    history: dict[str, list] = {}
+    done, wall_before = 0, 0.0
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    resumed = None if checkpoint is None else _load_checkpoint(checkpoint, _host_trials(state, num))
+    if resumed is not None:
+        host_state, history, done, wall_before = resumed
+        state = jax.tree_util.tree_map(jnp.asarray, host_state)
     state = _spread(state, devices, num)
 
     run_chunk = _build(config, static, n_train)
@@ -415,6 +439,7 @@ def train_trials(
             for k, v in metrics.items():
                 history.setdefault(k, []).append(np.asarray(v)[:num])
             done += config.eval_every
+            diverged_at = _diverged_at(history, start_error, config.eval_every)
             if bar is not None:
                 bar.update(config.eval_every)
                 bar.set_postfix(
@@ -423,27 +448,48 @@ def train_trials(
                     refresh=False,
                 )
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                _save_checkpoint(checkpoint, _host_trials(state, num), _stack(history), done)
+                wall = wall_before + time.perf_counter() - start
+                _save_checkpoint(checkpoint, _host_trials(state, num), _stack(history), done, wall)
                 last_save = time.perf_counter()
+            if diverged_at.all():  # nothing left to train
+                break
         jax.block_until_ready(state)
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - start
+    wall = wall_before + time.perf_counter() - start
     host_state = _host_trials(state, num)
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, host_state, _stack(history), done)
+        _save_checkpoint(checkpoint, host_state, _stack(history), done, wall)
     state = jax.tree_util.tree_map(jnp.asarray, host_state)
     models = eqx.combine(state.params, static)
-    hist = _stack(history)
-    epochs = np.arange(1, n_chunks + 1) * config.eval_every
-    return TrialsResult(
-        models,
-        hist,
-        epochs,
-        final_metrics(models, (x, y, x_test, y_test), proxy_samples=config.proxy_samples),
-        wall,
+    diverged_at = _diverged_at(history, start_error, config.eval_every)
+    for column in history.values():  # the epochs not trained after all trials diverged
+        column += [np.full(num, np.nan)] * (n_chunks - len(column))
+    final = final_metrics(
+        models, (x, y, x_test, y_test), proxy_samples=config.proxy_samples, skip=diverged_at > 0
     )
+    epochs = np.arange(1, n_chunks + 1) * config.eval_every
+    return TrialsResult(models, _stack(history), epochs, final, wall, diverged_at)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _training_error(params, static, x, y):
+    """Per trial, the MSE on the training set (the stacked trials' `params`)."""
+    return jax.vmap(lambda p: mse(eqx.combine(p, static), x, y))(params)
+
+
+def _diverged_at(history: dict[str, list], start_error: np.ndarray, every: int) -> np.ndarray:
+    """Per trial, the first recorded epoch whose loss or training error is non-finite or
+    whose training error is `DIVERGENCE_RATIO` times that before training; 0 if none."""
+    bad = np.stack(
+        [
+            has_diverged(er, start_error) | ~np.isfinite(loss)
+            for er, loss in zip(history.get("ER", []), history.get("loss", []), strict=True)
+        ]
+        or [np.zeros(len(start_error), bool)]
+    )
+    return np.where(bad.any(0), (bad.argmax(0) + 1) * every, 0)
 
 
 def _spread(state, devices: Sequence[jax.Device], num: int):

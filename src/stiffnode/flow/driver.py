@@ -1,7 +1,6 @@
 """Run any optax optimizer, the gradient flow included, to a stopping rule, recording the
 loss, the work and the flow's stiffness as it goes; resumable from a checkpoint."""
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +16,7 @@ import optax
 from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
+from .. import checkpoints
 from .._validation import positive_int
 from .transform import GradientFlowState
 from .vector_field import LossFn, hessian_extremes
@@ -97,10 +97,11 @@ def run(
             updates and at the end; its time is not counted.
         stiffness_every: every so many updates, the Hessian's extreme eigenvalues by
             Lanczos (`hessian_extremes`, `stiffness_iters` products; not timed); needs `key`.
-        checkpoint: a file path: parameters, optimizer state and the history of the updates
-            applied are written there after every update (atomically), and a run started
-            with an existing checkpoint resumes from it, also to a larger `max_updates`. The
-            optimizer must be the same.
+        checkpoint: a file path (`.npz`): parameters, optimizer state and the history of the
+            updates applied are written there after every update, as one atomic file, and a
+            run started with an existing checkpoint resumes from it, also to a larger
+            `max_updates`. The optimizer must be the same (another one is a `ValueError`);
+            a damaged checkpoint is set aside with a warning and the run starts afresh.
         progress: show a tqdm progress bar.
 
     An update that fails at run time (a solver's step budget exhausted, say) ends the run
@@ -139,8 +140,9 @@ def run(
 
     result = FlowRun(params, "max_updates")
     done, wall, grad_evals = 0, 0.0, 0  # updates applied, their time and gradients
-    if checkpoint is not None and os.path.exists(checkpoint):
-        params, opt_state, result, (done, wall, grad_evals) = _load(checkpoint, params, opt_state)
+    resumed = None if checkpoint is None else _load(checkpoint, params, opt_state)
+    if resumed is not None:
+        params, opt_state, result, (done, wall, grad_evals) = resumed
     history = result.history
     batch_iter: Iterator[dict] | None = iter(batches) if batches is not None else None
     for _ in range(done):  # a resumed minibatch run continues with the next batch
@@ -240,29 +242,36 @@ def _check_finite(params, k):
 
 
 def _save(path, params, opt_state, result: FlowRun, totals: tuple[int, float, int]):
-    """Atomically: `path` (parameters and optimizer state after `totals[0]` updates) and
-    `path.json` (the history rows of those updates, their wall time and gradients)."""
-    path = os.fspath(path)
-    with open(path + ".tmp", "wb") as f:
-        eqx.tree_serialise_leaves(f, (params, opt_state))
+    """One file, written atomically (`checkpoints.save`): the parameters and optimizer
+    state after `totals[0]` updates with the history rows of those updates, their wall
+    time and gradient evaluations."""
     meta = {
         "stop_reason": result.stop_reason,
         "compile_time": result.compile_time,
         "history": {k: v[: totals[0]] for k, v in result.history.items()},
         "totals": list(totals),
     }
-    with open(path + ".json.tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(path + ".json.tmp", path + ".json")
-    os.replace(path + ".tmp", path)
+    arrays = checkpoints.tree_arrays(params, "params") | checkpoints.tree_arrays(opt_state, "opt")
+    checkpoints.save(path, arrays, meta)
 
 
-def _load(path, params, opt_state) -> tuple[PyTree[Array], Any, FlowRun, tuple]:
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        params, opt_state = eqx.tree_deserialise_leaves(f, (params, opt_state))
-    with open(path + ".json") as f:
-        meta = json.load(f)
+def _load(path, params, opt_state) -> tuple[PyTree[Array], Any, FlowRun, tuple] | None:
+    """What `_save` wrote; None if there is no checkpoint or it is damaged (set aside with a
+    warning: the run starts afresh)."""
+    loaded = checkpoints.load_or_set_aside(path)
+    if loaded is None:
+        return None
+    arrays, meta = loaded
+    params = checkpoints.tree_from_arrays(
+        arrays, params, "params", what=f"the checkpoint {path} holds other parameters"
+    )
+    opt_state = checkpoints.tree_from_arrays(
+        arrays,
+        opt_state,
+        "opt",
+        what=f"the checkpoint {path} was made by another optimizer (its state differs)",
+    )
+    params, opt_state = jtu.tree_map(jnp.asarray, (params, opt_state))
     result = FlowRun(params, meta["stop_reason"], meta["history"], meta["compile_time"])
     done, wall, grad_evals = meta["totals"]
     return params, opt_state, result, (int(done), float(wall), int(grad_evals))

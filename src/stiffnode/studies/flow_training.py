@@ -41,7 +41,7 @@ from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
 from ..models import ResNet
 from ..solve import solve
-from ..train import DIVERGENCE_RATIO
+from ..train import has_diverged
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def _entry(task: FlowTask, result, target: float | None, kind: str, **extra) -> 
 
 def _tune(task, name, updates, learning_rates):
     """The learning rate of `learning_rates` with the lowest final train loss. Rates whose
-    run diverged (a non-finite loss, or a final loss above `DIVERGENCE_RATIO` times the
+    run diverged (`train.has_diverged`: a non-finite final loss, or one far above the
     start) are left out; if all did, a `ValueError` says so."""
     start = float(task.loss(task.params))
     best = None
@@ -198,7 +198,7 @@ def _tune(task, name, updates, learning_rates):
         except FloatingPointError:
             continue
         final = r.history["loss"][-1]
-        if not np.isfinite(final) or final > DIVERGENCE_RATIO * start:
+        if has_diverged(final, start):
             continue
         if best is None or final < best[1]:
             best = (lr, final, r)
@@ -487,14 +487,16 @@ def table(summary: dict[str, Any]) -> str:
 
 def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
     """`loss.png` (train loss against gradient evaluations and wall time), `stiffness.png`
-    (the Hessian's extreme eigenvalues along the flows), `solver_stats.png`."""
-    import matplotlib
+    (the Hessian's extreme eigenvalues along the flows), `solver_stats.png` (drawn on bare
+    `Figure`s: no pyplot, no backend chosen for the caller)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def figure(figsize):
+        return Figure(figsize=figsize, layout="constrained")
 
     target = summary["task"].get("target_loss")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig = figure((12, 4.5))
+    axes = fig.subplots(1, 2)
     for name, h in histories.items():
         x_grad = np.asarray(h["grad_evals"], float)
         if "num_jvp_evals" in h:  # a Hessian-vector product costs about two gradients
@@ -518,11 +520,11 @@ def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
     axes[0].legend(fontsize=8)
     fig.suptitle(summary["task"]["description"])
     fig.savefig(out / "loss.png", dpi=120)
-    plt.close(fig)
 
     flows = {k: h for k, h in histories.items() if "hessian_max" in h}
     if flows:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+        fig = figure((6.5, 4.5))
+        ax = fig.subplots()
         for name, h in flows.items():
             rows = [i for i, v in enumerate(h["hessian_max"]) if v is not None]
             t = np.asarray([h["flow_time"][i] for i in rows])
@@ -545,7 +547,6 @@ def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.savefig(out / "stiffness.png", dpi=120)
-        plt.close(fig)
 
     stats = {
         k: e["solver_stats"]
@@ -563,7 +564,8 @@ def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
             "num_newton_iters",
             "num_newton_failures",
         ]
-        fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+        fig = figure((9, 4.5))
+        ax = fig.subplots()
         width = 0.8 / len(stats)
         for i, (name, s) in enumerate(stats.items()):
             values = [max(s.get(k, 0), 0) + 1e-1 for k in keys]
@@ -575,4 +577,3 @@ def plot_study(summary: dict[str, Any], histories: dict[str, dict], out: Path):
         ax.set_title("solver statistics over the whole run (-1 = not counted, shown as 0)")
         ax.legend(fontsize=8)
         fig.savefig(out / "solver_stats.png", dpi=120)
-        plt.close(fig)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checkpoints
 from .._validation import positive_int
 from ..trials import PENALTIES, TrainConfig, train_trials
 
@@ -80,41 +81,38 @@ def _signature(task: str, config: TrainConfig) -> str:
     return json.dumps({"task": task, **dataclasses.asdict(config)}, sort_keys=True)
 
 
-def _finished(path: Path, signature: str) -> bool:
-    """Whether `path` holds a finished trial of this study; one of another study is an error."""
-    if not path.exists():
-        return False
-    with np.load(path) as f:
-        stored = str(f["study"]) if "study" in f.files else "(none recorded)"
+_TRIAL_ENTRIES = ("seed", "epochs", "wall_time_s", "group_wall_time_s", "group_size",
+                  "diverged_at", "final_ER", "final_GE", "final_stiffness")  # fmt: skip
+
+
+def _read_finished(path: Path, signature: str) -> dict[str, Any] | None:
+    """The finished trial in `path`, or None if there is none (a damaged file is set aside
+    with a warning and its trial recomputed); one of another study is an error."""
+    loaded = checkpoints.load_or_set_aside(path, _TRIAL_ENTRIES)
+    if loaded is None:
+        return None
+    arrays, meta = loaded
+    stored = meta.get("study", "(none recorded)")
     if stored != signature:
         raise ValueError(
             f"{path} holds a trial of another study ({stored}; this one: {signature}); "
             "give a new output directory, or delete it to retrain"
         )
-    return True
+    return arrays
 
 
 def _write_trial(path: Path, seed, result, i, group_size, signature: str):
     arrays = {f"history_{k}": v[i] for k, v in result.history.items()}
     arrays |= {f"final_{k}": np.asarray(v[i]) for k, v in result.final.items()}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    arrays |= dict(
         seed=seed,
-        study=signature,
         epochs=result.epochs,
         wall_time_s=result.wall_time_s / group_size,
         group_wall_time_s=result.wall_time_s,
         group_size=group_size,
-        **arrays,
+        diverged_at=result.diverged_at[i],
     )
-    os.replace(tmp, path)
-
-
-def _read_trial(path: Path) -> dict[str, Any]:
-    with np.load(path) as f:
-        out = {k: f[k] for k in f.files}
-    return out
+    checkpoints.save(path, arrays, {"study": signature})
 
 
 def run_study(
@@ -180,7 +178,8 @@ def run_study(
         trial_dir = out / "trials" / _slug(model)
         trial_dir.mkdir(parents=True, exist_ok=True)
         path = {s: trial_dir / f"trial_{s:04d}.npz" for s in seeds}
-        pending = [s for s in seeds if not _finished(path[s], signature)]
+        finished = {s: _read_finished(path[s], signature) for s in seeds}
+        pending = [s for s in seeds if finished[s] is None]
         for start in range(0, len(pending), group_size):
             group = pending[start : start + group_size]
             tag = hashlib.sha1(signature.encode()).hexdigest()[:8]  # a checkpoint of this study
@@ -196,8 +195,9 @@ def run_study(
             )
             for i, s in enumerate(group):
                 _write_trial(path[s], s, result, i, len(group), signature)
+                finished[s] = checkpoints.load(path[s])[0]
             ckpt.unlink(missing_ok=True)
-        results[model] = [_read_trial(path[s]) for s in seeds]
+        results[model] = [finished[s] for s in seeds]
 
     summary, details = _summarise(results, task, trials, epochs, stiff_penalty)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -207,7 +207,18 @@ def run_study(
     return summary
 
 
+def _converged(rs: list[dict]) -> list[dict]:
+    """The trials that did not diverge (`train_trials`' `diverged_at == 0`)."""
+    return [r for r in rs if int(r["diverged_at"]) == 0]
+
+
+def _median(values) -> float | None:
+    """The median, None (JSON null) when there is nothing to take it of."""
+    return float(np.median(values)) if len(values) else None
+
+
 def _summarise(results, task, trials, epochs, stiff_penalty):
+    """Per model, medians over the trials that did not diverge, and how many did."""
     summary, details = (
         {},
         {
@@ -220,50 +231,57 @@ def _summarise(results, task, trials, epochs, stiff_penalty):
         },
     )
     for model, rs in results.items():
-        row = {
-            k: float(np.median([float(r[f"final_{k}"]) for r in rs]))
-            for k in ("ER", "GE", "stiffness")
-        }
-        row["wall_time_s"] = float(np.median([float(r["wall_time_s"]) for r in rs]))
+        ok = _converged(rs)
+        row = {k: _median([float(r[f"final_{k}"]) for r in ok]) for k in ("ER", "GE", "stiffness")}
+        row["wall_time_s"] = _median([float(r["wall_time_s"]) for r in rs])
+        row["diverged"] = len(rs) - len(ok)
         summary[model] = row
         keys = [k[6:] for k in rs[0] if k.startswith("final_")]
         with np.errstate(invalid="ignore"):  # eigenvalue ratios may be inf
             details["models"][model] = {
                 k: {
-                    "median": float(np.median(v)),
-                    "q25": float(np.quantile(v, 0.25)),
-                    "q75": float(np.quantile(v, 0.75)),
+                    "median": _median(v),
+                    "q25": float(np.quantile(v, 0.25)) if len(v) else None,
+                    "q75": float(np.quantile(v, 0.75)) if len(v) else None,
                 }
                 for k in keys
-                for v in [np.array([float(r[f"final_{k}"]) for r in rs])]
+                for v in [np.array([float(r[f"final_{k}"]) for r in ok])]
             }
         details["models"][model]["group_wall_time_s"] = sorted(
             {float(r["group_wall_time_s"]) for r in rs}
         )
+        details["models"][model]["diverged_seeds"] = [
+            int(r["seed"]) for r in rs if int(r["diverged_at"])
+        ]
     return summary, details
 
 
 def _write_csv(out: Path, results, summary):
-    lines = ["model,ER,GE,stiffness,wall_time_s"]
+    def number(x):
+        return "" if x is None else f"{x:.6g}"
+
+    lines = ["model,ER,GE,stiffness,wall_time_s,diverged"]
     lines += [
-        f"{m},{r['ER']:.6g},{r['GE']:.6g},{r['stiffness']:.6g},{r['wall_time_s']:.6g}"
+        f"{m},{number(r['ER'])},{number(r['GE'])},{number(r['stiffness'])},"
+        f"{number(r['wall_time_s'])},{r['diverged']}"
         for m, r in summary.items()
     ]
     (out / "summary.csv").write_text("\n".join(lines) + "\n")
     keys = sorted(k[6:] for k in next(iter(results.values()))[0] if k.startswith("final_"))
-    rows = ["model,seed," + ",".join(keys) + ",wall_time_s"]
+    rows = ["model,seed," + ",".join(keys) + ",wall_time_s,diverged_at"]
     for m, rs in results.items():
         for r in rs:
             vals = ",".join(f"{float(r['final_' + k]):.6g}" for k in keys)
-            rows.append(f"{m},{int(r['seed'])},{vals},{float(r['wall_time_s']):.6g}")
+            rows.append(
+                f"{m},{int(r['seed'])},{vals},{float(r['wall_time_s']):.6g},{int(r['diverged_at'])}"
+            )
     (out / "trials.csv").write_text("\n".join(rows) + "\n")
 
 
 def _plot(path: Path, results, task):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The seed's evolution plots: median and quartiles over the trials that did not diverge
+    (drawn on a bare `Figure`: no pyplot, no backend chosen for the caller)."""
+    from matplotlib.figure import Figure
 
     panels = [
         ("ER", "training error (MSE)", True),
@@ -271,20 +289,21 @@ def _plot(path: Path, results, task):
         ("gelfand", "stiffness: sum over layers of rho (Gelfand)", False),
         ("l2_norm", "parameter L2 norm", False),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2)
     for ax, (key, title, log) in zip(axes.flat, panels, strict=True):
         for model, rs in results.items():
-            epochs = rs[0]["epochs"]
-            v = np.stack([r[f"history_{key}"] for r in rs])
-            med = np.median(v, 0)
-            ax.plot(epochs, med, label=model)
+            ok = _converged(rs)
+            if not ok:
+                continue
+            epochs = ok[0]["epochs"]
+            v = np.stack([r[f"history_{key}"] for r in ok])
+            ax.plot(epochs, np.median(v, 0), label=f"{model} ({len(ok)} of {len(rs)})")
             ax.fill_between(epochs, np.quantile(v, 0.25, 0), np.quantile(v, 0.75, 0), alpha=0.2)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if log:
             ax.set_yscale("log")
         ax.legend()
-    n = len(next(iter(results.values())))
-    fig.suptitle(f"{task}: median and quartiles over {n} trials")
+    fig.suptitle(f"{task}: median and quartiles over the trials that did not diverge")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
