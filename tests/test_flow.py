@@ -479,6 +479,17 @@ def test_run_checkpoint_resume_after_interruption(tmp_path):
     np.testing.assert_allclose(resumed.history["loss"], ref_losses, rtol=1e-12)
     np.testing.assert_allclose(_log_theta(resumed.params), _log_theta(ref_params), rtol=1e-12)
     assert resumed.history["grad_evals"] == list(range(7))
+    # The checkpoint is one file (parameters, optimizer state and history together).
+    assert [f.name for f in tmp_path.iterdir()] == ["ck"]
+    # Another optimizer's checkpoint is refused, saying so (was TreePathError).
+    with pytest.raises(ValueError, match="made by another optimizer"):
+        run(logistic_loss, P0_LOG, optax.sgd(0.05), max_updates=8, checkpoint=ck)
+    # A truncated checkpoint is named and set aside with a warning; the run starts afresh.
+    ck.write_bytes(ck.read_bytes()[:150])
+    with pytest.warns(UserWarning, match="ck is damaged"):
+        fresh = run(logistic_loss, P0_LOG, optax.adam(0.05), max_updates=6, checkpoint=ck)
+    assert (tmp_path / "ck.damaged").exists()
+    np.testing.assert_allclose(fresh.history["loss"], ref_losses, rtol=1e-12)
 
 
 def test_run_bad_inputs_and_non_finite():

@@ -118,10 +118,11 @@ def tree_from_arrays(arrays: Mapping[str, np.ndarray], like, prefix: str, *, wha
     out = []
     for key, leaf in zip(stored, leaves, strict=True):
         a = arrays[key]
-        if np.shape(a) != np.shape(leaf) or np.result_type(a) != np.result_type(leaf):
+        dtype = np.asarray(leaf).dtype
+        if np.shape(a) != np.shape(leaf) or a.dtype != dtype:
             raise ValueError(
-                f"{what}: {key} is {np.result_type(a)}{list(np.shape(a))} where "
-                f"{np.result_type(leaf)}{list(np.shape(leaf))} is expected"
+                f"{what}: {key} is {a.dtype}{list(np.shape(a))} where "
+                f"{dtype}{list(np.shape(leaf))} is expected"
             )
         out.append(a)
     return jax.tree.unflatten(treedef, out)
