@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from stiffnode import checkpoints  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import digits_dataset  # noqa: E402
 from stiffnode.studies import flow_training  # noqa: E402
@@ -93,6 +94,52 @@ def test_flow_study_bad_arguments(tmp_path):
         flow_training.run_study("mnist", tmp_path)
     with pytest.raises(ValueError, match="unknown methods"):
         flow_training.run_study("digits", tmp_path, methods=("adam", "lbfgs"))
+    with pytest.raises(ValueError, match="budget must be a positive finite number"):
+        flow_training.run_study("digits", tmp_path, budget=-1.0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "FILE"], "exists and is not a directory"),
+        (["--out", "FILE/sub"], "cannot write to"),
+        (["--out", "DIR", "--methods", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (["--out", "DIR", "--learning-rates", "0.1", "-1"], "positive finite number, got '-1'"),
+        (["--out", "DIR", "--budget", "-1"], "--budget: expected a positive finite number"),
+        (["--out", "DIR", "--seed-time", "inf"], "--seed-time: expected a positive finite"),
+    ],
+)
+def test_flow_cli_bad_arguments_are_usage_errors_before_any_work(
+    tmp_path, capsys, monkeypatch, args, message
+):
+    """Each used to print a traceback (`--budget -1` only after training Adam first)."""
+    monkeypatch.setattr(flow_training, "run_study", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "FILE").write_text("")
+    args = [a.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "d"))
+            for a in args]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["flow", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flow_cli_defaults_are_the_studys():
+    """One home for each setting: the command's defaults are `run_study`'s."""
+    import inspect
+
+    from stiffnode.cli import _build_parser
+
+    flow = _build_parser().parse_args(["flow", "--out", "/tmp"])
+    defaults = inspect.signature(flow_training.run_study).parameters
+    for name in ("updates", "budget", "seed_time", "seed_budget"):
+        assert getattr(flow, name) == defaults[name].default, name
+
+
+def test_damaged_study_summary_is_set_aside(tmp_path):
+    (tmp_path / "summary.json").write_text('{"adam": {"final_tr')
+    with pytest.warns(UserWarning, match="summary.json is damaged"):
+        assert checkpoints.read_json_or_set_aside(tmp_path / "summary.json", {}) == {}
+    assert (tmp_path / "summary.json.damaged").exists()
 
 
 def test_tuning_leaves_out_diverged_rates_and_says_when_all_diverged():

@@ -6,7 +6,8 @@ read back whole (truncated, empty, not a zip, missing an entry, a bad checksum) 
 a warning, so that its work is recomputed.
 
 Used by every resumable run: `trials.train_trials`' checkpoints, the seed study's trial
-files, `flow.run`'s checkpoint.
+files, `flow.run`'s checkpoint, the studies' JSON summaries (`write_text`,
+`read_json_or_set_aside`).
 """
 
 import json
@@ -31,25 +32,52 @@ class DamagedFileError(ValueError):
         self.path = Path(path)
 
 
+def _replace_atomically(path: Path, write) -> None:
+    """`write(f)` into a temporary beside `path`, synced, then renamed to `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: os.PathLike | str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    _replace_atomically(Path(path), lambda f: f.write(text.encode()))
+
+
+def read_json_or_set_aside(path: os.PathLike | str, default):
+    """The JSON in `path`; `default` if there is none, or if it does not parse (then it is
+    moved aside with a warning, as `load_or_set_aside` does)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (ValueError, UnicodeDecodeError) as e:
+        moved = set_aside(path)
+        warnings.warn(
+            f"{path} is damaged: {type(e).__name__}: {e}; moved to {moved} and recomputing it",
+            stacklevel=2,
+        )
+        return default
+
+
 def save(
     path: os.PathLike | str,
     arrays: Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
 ) -> None:
     """Write `arrays` (name -> array) and `meta` (JSON-serialisable) to `path` atomically."""
-    path = Path(path)
     if _META in arrays:
         raise ValueError(f"{_META!r} is reserved for the metadata")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()},
-                     **{_META: np.array(json.dumps(dict(meta or {})))})  # fmt: skip
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    entries = {k: np.asarray(v) for k, v in arrays.items()}
+    entries[_META] = np.array(json.dumps(dict(meta or {})))
+    _replace_atomically(Path(path), lambda f: np.savez(f, **entries))
 
 
 def load(

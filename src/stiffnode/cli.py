@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _output_dir(text: str) -> Path:
+    """The output directory, created (with its parents) and tried with a scratch file when
+    the arguments are parsed, so that a bad `--out` is a usage error before any work."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {e.strerror}") from None
+    return path
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stiffnode",
@@ -113,7 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--depth", type=_positive_int, default=8,
                       help="number of residual layers N (default 8)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--out", type=Path, default=None, metavar="DIR",
+    demo.add_argument("--out", type=_output_dir, default=None, metavar="DIR",
                       help="also write the figures to DIR/demo.json")
     demo.add_argument("--quiet", action="store_true",
                       help="no progress bar or progress messages, only the results")
@@ -124,6 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_flow_parser(commands):
     """`stiffnode flow`: gradient-flow training against optax (stiffnode.studies)."""
+    from .studies import flow_training
+
     flow = commands.add_parser(
         "flow",
         help="training as an ODE: gradient flow (Tsit5, Kvaerno5, BDF, Rodas3) vs SGD/Adam vs "
@@ -138,19 +166,22 @@ def _add_flow_parser(commands):
     flow.add_argument("--task", choices=("digits", "alpine02"), default="digits",
                       help="digits (MLP classifier, sklearn's bundled digits) or alpine02 "
                       "(the seed's ResNet regression); default digits")
-    flow.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    flow.add_argument("--updates", type=_positive_int, default=1000,
-                      help="updates of SGD/momentum/Adam (default 1000)")
-    flow.add_argument("--budget", type=float, default=120.0,
-                      help="wall seconds per flow solver (default 120)")
-    flow.add_argument("--seed-time", type=float, default=200.0,
-                      help="flow time of the scipy comparison (default 200)")
-    flow.add_argument("--seed-budget", type=float, default=120.0,
-                      help="wall seconds per scipy run (default 120)")
+    flow.add_argument("--out", type=_output_dir, required=True, metavar="DIR",
+                      help="output directory")
+    flow.add_argument("--updates", type=_positive_int, default=flow_training.UPDATES,
+                      help=f"updates of SGD/momentum/Adam (default {flow_training.UPDATES})")
+    flow.add_argument("--budget", type=_positive_float, default=flow_training.BUDGET,
+                      help=f"wall seconds per flow solver (default {flow_training.BUDGET:g})")
+    flow.add_argument("--seed-time", type=_positive_float, default=flow_training.SEED_TIME,
+                      help="flow time of the scipy comparison "
+                      f"(default {flow_training.SEED_TIME:g})")
+    flow.add_argument("--seed-budget", type=_positive_float, default=flow_training.SEED_BUDGET,
+                      help=f"wall seconds per scipy run (default {flow_training.SEED_BUDGET:g})")
     flow.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                      help="subset of: sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf "
-                      "flow-rodas3 seed")
-    flow.add_argument("--learning-rates", type=float, nargs="+", default=None, metavar="LR",
+                      choices=flow_training.METHODS,
+                      help=f"subset of: {' '.join(flow_training.METHODS)}")
+    flow.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
+                      metavar="LR",
                       help="learning rates tried for SGD, momentum and Adam "
                       "(default 1e-3 3e-3 ... 3)")
     flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -177,7 +208,7 @@ def _add_study_parser(commands):
                        help="initialisations per model (default 25)")
     study.add_argument("--epochs", type=_positive_int, default=None,
                        help="training epochs (default: the task's seed setting)")
-    study.add_argument("--out", type=Path, required=True, metavar="DIR",
+    study.add_argument("--out", type=_output_dir, required=True, metavar="DIR",
                        help="output directory (also where a stopped study resumes)")
     study.add_argument("--seed", type=int, default=0, help="first trial seed (default 0)")
     study.add_argument("--stiff-proxy", choices=PENALTIES, default="amortised",

@@ -29,7 +29,6 @@ from jaxtyping import Array
 from . import checkpoints
 from ._validation import positive_int
 from .losses import l2_norm, penalised_loss
-from .train import has_diverged, mse
 from .models import ResNet
 from .stiffness import (
     amortised_power_init,
@@ -42,6 +41,7 @@ from .stiffness import (
     spectral_radius_power,
     stiffness_ratio,
 )
+from .train import has_diverged, mse
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,

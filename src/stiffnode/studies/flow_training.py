@@ -36,6 +36,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from .. import checkpoints
+from .._validation import positive_int
 from ..data import alpine02_dataset, digits_dataset
 from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
@@ -130,6 +132,8 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 
 FLOW_SOLVERS = ("tsit5", "kvaerno5", "bdf", "rodas3")
+METHODS = (*OPTIMIZERS, *(f"flow-{s}" for s in FLOW_SOLVERS), "seed")
+"""The method names `run_study` (and `stiffnode flow --methods`) accepts."""
 FLOW_TOLERANCES = {"tsit5": 1e-3, "kvaerno5": 0.1, "bdf": 0.1, "rodas3": 0.1}
 """rtol = atol per flow solver: loose, since the steps need not follow the flow closely.
 Tsit5 at 0.1 lets the flow go unstable (digits: train loss 8.8e11 after 41 windows)."""
@@ -278,14 +282,24 @@ def seed_comparison(
         save()
 
 
+UPDATES = 1000
+"""`run_study`'s (and `stiffnode flow`'s) default number of SGD/momentum/Adam updates."""
+BUDGET = 120.0
+"""Default wall seconds per flow solver."""
+SEED_TIME = 200.0
+"""Default flow time of the seed-setting scipy comparison."""
+SEED_BUDGET = 120.0
+"""Default wall seconds per scipy run."""
+
+
 def run_study(
     task: str = "digits",
     out: str | os.PathLike = "flow_study",
     *,
-    updates: int = 1000,
-    budget: float = 120.0,
-    seed_time: float = 1.0,
-    seed_budget: float = 60.0,
+    updates: int = UPDATES,
+    budget: float = BUDGET,
+    seed_time: float = SEED_TIME,
+    seed_budget: float = SEED_BUDGET,
     methods: tuple[str, ...] | None = None,
     learning_rates: tuple[float, ...] | None = None,
     seed: int = 0,
@@ -309,18 +323,21 @@ def run_study(
     learning_rates = LEARNING_RATES if learning_rates is None else tuple(map(float, learning_rates))
     if not learning_rates or not all(lr > 0 and np.isfinite(lr) for lr in learning_rates):
         raise ValueError(f"learning_rates must be positive and finite, got {learning_rates}")
-    all_methods = (*OPTIMIZERS, *(f"flow-{s}" for s in FLOW_SOLVERS), "seed")
-    methods = all_methods if methods is None else tuple(methods)
-    unknown = set(methods) - set(all_methods)
+    methods = METHODS if methods is None else tuple(methods)
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; use {all_methods}")
+        raise ValueError(f"unknown methods {sorted(unknown)}; use {METHODS}")
+    updates = positive_int("updates", updates)
+    for name, value in (("budget", budget), ("seed_time", seed_time), ("seed_budget", seed_budget)):
+        if not (isinstance(value, int | float) and value > 0 and np.isfinite(value)):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary_path, history_path = out / "summary.json", out / "history.json"
     with jax.enable_x64(True):
         ftask = TASKS[task](seed)
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        histories = json.loads(history_path.read_text()) if history_path.exists() else {}
+        summary = checkpoints.read_json_or_set_aside(summary_path, {})
+        histories = checkpoints.read_json_or_set_aside(history_path, {})
         summary.setdefault(
             "task",
             {
@@ -335,8 +352,8 @@ def run_study(
             summary[name] = entry
             if history is not None:
                 histories[name] = history
-                history_path.write_text(json.dumps(histories))
-            summary_path.write_text(json.dumps(summary, indent=1))
+                checkpoints.write_text(history_path, json.dumps(histories))
+            checkpoints.write_text(summary_path, json.dumps(summary, indent=1))
 
         for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
             if name in summary:
@@ -420,7 +437,7 @@ def run_study(
             )
     if plot:
         plot_study(summary, histories, out)
-    (out / "table.md").write_text(table(summary))
+    checkpoints.write_text(out / "table.md", table(summary))
     return summary
 
 

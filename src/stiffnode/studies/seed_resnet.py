@@ -200,8 +200,8 @@ def run_study(
         results[model] = [finished[s] for s in seeds]
 
     summary, details = _summarise(results, task, trials, epochs, stiff_penalty)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "details.json").write_text(json.dumps(details, indent=2) + "\n")
+    checkpoints.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    checkpoints.write_text(out / "details.json", json.dumps(details, indent=2) + "\n")
     _write_csv(out, results, summary)
     _plot(out / "evolution.png", results, task)
     return summary
@@ -266,7 +266,7 @@ def _write_csv(out: Path, results, summary):
         f"{number(r['wall_time_s'])},{r['diverged']}"
         for m, r in summary.items()
     ]
-    (out / "summary.csv").write_text("\n".join(lines) + "\n")
+    checkpoints.write_text(out / "summary.csv", "\n".join(lines) + "\n")
     keys = sorted(k[6:] for k in next(iter(results.values()))[0] if k.startswith("final_"))
     rows = ["model,seed," + ",".join(keys) + ",wall_time_s,diverged_at"]
     for m, rs in results.items():
@@ -275,7 +275,7 @@ def _write_csv(out: Path, results, summary):
             rows.append(
                 f"{m},{int(r['seed'])},{vals},{float(r['wall_time_s']):.6g},{int(r['diverged_at'])}"
             )
-    (out / "trials.csv").write_text("\n".join(rows) + "\n")
+    checkpoints.write_text(out / "trials.csv", "\n".join(rows) + "\n")
 
 
 def _plot(path: Path, results, task):
