@@ -7,6 +7,7 @@ the end. They are moved to the front, longest first (their durations as measured
 """
 
 import jax
+import pytest
 
 # Two CPU devices, as `stiffnode study` uses on a 2-core machine: the vmapped trials are
 # spread over them (`trials.train_trials`) in the tests too. Set before JAX's first use.
@@ -35,3 +36,24 @@ def pytest_collection_modifyitems(config, items):
         return len(_LONG_FIRST)
 
     items.sort(key=rank)  # stable: the rest keep their order
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "x64: run in float64 (jax.enable_x64); unmarked tests run in float32"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_precision(request):
+    """float64 for a module marked `pytestmark = pytest.mark.x64` (its module-scoped
+    fixtures included), float32 otherwise: no test module switches x64 for the others."""
+    with jax.enable_x64(request.node.get_closest_marker("x64") is not None):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_precision(request):
+    """The same for one test marked `@pytest.mark.x64` in an unmarked module."""
+    with jax.enable_x64(request.node.get_closest_marker("x64") is not None):
+        yield

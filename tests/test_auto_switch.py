@@ -15,11 +15,7 @@ from stiffnode import problems
 from stiffnode.solvers import BDF, AutoSwitch, Rodas5P, explicit_stiffness, stability_boundary
 from stiffnode.solvers.auto_switch import DENSE_MAX_STATES
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _lorenz(t, y, args):

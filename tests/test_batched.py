@@ -15,11 +15,7 @@ import pytest
 import stiffnode as sn
 from stiffnode.solvers.batching import lazy_cond
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 class Counter:

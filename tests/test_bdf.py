@@ -15,7 +15,8 @@ from _references import REFERENCES, scaled_error, spread_bound  # noqa: E402
 from stiffnode import problems
 from stiffnode.solvers import BDF, BDFController
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
+
 
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 

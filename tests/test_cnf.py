@@ -11,7 +11,8 @@ import scipy.linalg
 import stiffnode as sn
 from stiffnode import cnf, toy_densities
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
+
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 FIXED = dict(solver="heun", dt0=0.25, stepsize_controller="constant", max_steps=4)

@@ -1,11 +1,8 @@
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import json  # noqa: E402
 import runpy  # noqa: E402
 import sys  # noqa: E402
 
+import jax
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -16,6 +13,8 @@ import stiffnode.cli  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import Dataset, alpine02, alpine02_dataset  # noqa: E402
 from stiffnode.train import TrainingDiverged, fit, mse  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 # ---------------------------------------------------------------------------- data
 

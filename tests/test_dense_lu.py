@@ -18,10 +18,7 @@ from stiffnode.solvers.unrolled import rows_sum, set_row, small_matmul
 SIZES = [1, 2, 3, 8, UNROLLED_MAX_N, UNROLLED_MAX_N + 1]
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _system(n, seed, dtype=np.float64):

@@ -8,9 +8,6 @@ import functools
 import types
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -30,6 +27,8 @@ from stiffnode.flow import (  # noqa: E402
 )
 from stiffnode.solvers.krylov import gmres  # noqa: E402
 from stiffnode.stiffness.lanczos import lanczos_extremes  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 # The problems here are tiny and XLA's CPU compilation is what costs time (3-9 s per flow
 # solver at the default settings); without backend optimisation and fusion emitters it is 2-3
@@ -74,7 +73,7 @@ EIGS = np.logspace(-1, 3, 7)  # stiffness ratio 1e4
 H_STIFF = _spd(EIGS, seed=0)
 THETA_STAR = np.random.default_rng(1).normal(size=7)
 _rng = np.random.default_rng(2)
-P0 = {"a": jnp.asarray(_rng.normal(size=3)), "b": jnp.asarray(_rng.normal(size=(2, 2)))}
+P0 = {"a": _rng.normal(size=3), "b": _rng.normal(size=(2, 2))}  # numpy: float64 under x64
 
 
 def _flat(p):
@@ -259,7 +258,7 @@ _rng = np.random.default_rng(4)
 X_LOG = _rng.normal(size=(40, 3))
 Y_LOG = (_rng.uniform(size=40) < 1 / (1 + np.exp(-(X_LOG @ [1.5, -2.0, 0.5] + 0.3)))) * 1.0
 LAM = 0.1
-P0_LOG = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+P0_LOG = {"w": np.zeros(3), "b": np.zeros(())}
 
 
 def logistic_loss(p):

@@ -12,7 +12,7 @@ from scipy.linalg import expm
 
 from stiffnode.flow.scipy_baseline import ScipyFlowResult, scipy_gradient_flow
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _quadratic(n=5, eigenvalues=None, seed=0):

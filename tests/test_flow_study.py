@@ -1,12 +1,9 @@
 """The digits data, `stiffnode flow` end to end at tiny sizes (the files it writes, the target
 it sets from Adam, resuming), and the scipy baseline against the JAX flow's trajectory."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import json  # noqa: E402
 
+import jax
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
@@ -15,6 +12,8 @@ from stiffnode import checkpoints  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import digits_dataset  # noqa: E402
 from stiffnode.studies import flow_training  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def test_digits_dataset_is_a_shuffled_split_of_sklearns():

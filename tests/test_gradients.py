@@ -1,10 +1,7 @@
 """Discretize-then-optimize (recursive) vs optimize-then-discretize (backsolve) gradients."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import equinox as eqx  # noqa: E402
+import jax
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,6 +15,8 @@ from stiffnode.gradients import (  # noqa: E402
     relative_difference,
     resnet_gradient,
 )
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 DEPTH = 8
 STEPS = (8, 16, 32, 64, 128)

@@ -9,7 +9,7 @@ import pytest
 import stiffnode as sn
 from stiffnode.models import PiecewiseLinearWeights, PolynomialWeights, layer_times
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import scipy.integrate
 
 from stiffnode import problems as P
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
+
 
 REFERENCES = json.loads(
     (pathlib.Path(__file__).parent / "data" / "stiff_references.json").read_text()

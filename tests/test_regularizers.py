@@ -13,7 +13,7 @@ import scipy.linalg
 import stiffnode as sn
 from stiffnode import regularizers as reg
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 class Linear(eqx.Module):

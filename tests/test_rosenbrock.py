@@ -4,9 +4,6 @@ algebra, gradients, statistics, errors."""
 
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -15,6 +12,8 @@ import stiffnode as sn  # noqa: E402
 from _references import REFERENCES, scaled_error, spread_bound  # noqa: E402
 from stiffnode import problems  # noqa: E402
 from stiffnode.solvers import RODAS3, RODAS5P, Rodas3, Rodas5P, Rosenbrock23  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _forced(t, y, args):

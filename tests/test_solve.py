@@ -10,7 +10,8 @@ import scipy.linalg
 
 import stiffnode as sn
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
+
 
 # y' = A y with a stiff-ish, non-normal A: the solution is expm(A t) y0.
 A = np.array([[-1.0, 0.5, 0.0], [0.0, -3.0, 1.0], [0.0, 0.0, -20.0]])

@@ -39,10 +39,7 @@ CONTROLLERS = ("solver", "pid", "constant", "stepto")
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _linear(t, y, args):

@@ -2,15 +2,14 @@
 forms, known spectra, finite differences."""
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import stiffnode as sn  # noqa: E402
 from stiffnode import stiffness as st  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 def _with_spectrum(eigs, n, seed=0):

@@ -1,11 +1,8 @@
 """Losses, vmapped trials, penalised training, resume, the POLLU ensemble and `stiffnode study`."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import json  # noqa: E402
 
+import jax
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -16,6 +13,8 @@ from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import alpine02_dataset  # noqa: E402
 from stiffnode.losses import l2_norm, mse, penalised_loss, rmse  # noqa: E402
 from stiffnode.studies import seed_resnet  # noqa: E402
+
+pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
 
 @pytest.fixture(scope="module")
