@@ -24,8 +24,9 @@ import optax
 
 from . import __version__
 from .data import alpine02_dataset
+from .losses import model_mse
 from .models import NeuralODE, ResNet, layer_times
-from .train import fit, mse
+from .train import fit
 
 PARAMETERIZATIONS = ("constant", "linear", "polynomial")
 DEFAULT_EPOCHS = 300
@@ -76,8 +77,8 @@ def _solve_test_set(node, x, jump_ts, rtol, atol, solver, dt0):
 @eqx.filter_jit
 def _resnet_metrics(resnet, data):
     """The ResNet's test outputs, test MSE and train MSE."""
-    return (jax.vmap(resnet)(data.x_test), mse(resnet, data.x_test, data.y_test),
-            mse(resnet, data.x_train, data.y_train))
+    return (jax.vmap(resnet)(data.x_test), model_mse(resnet, data.x_test, data.y_test),
+            model_mse(resnet, data.x_train, data.y_train))
 
 
 def _positive_int(text: str) -> int:

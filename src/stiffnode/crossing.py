@@ -18,8 +18,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
+from .losses import model_mse
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE
-from .train import fit_full_batch, mse
+from .train import fit_full_batch
 
 __all__ = [
     "MONOTONE_LOSS_BOUND",
@@ -79,7 +80,7 @@ def fit_crossing(
     x, y = crossing_data(dtype)
 
     def loss(m):
-        return mse(lambda xi: m(xi, **options), x, y)
+        return model_mse(lambda xi: m(xi, **options), x, y)
 
     return fit_full_batch(model, loss, optax.adam(learning_rate), steps)
 

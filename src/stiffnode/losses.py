@@ -1,4 +1,7 @@
-"""Losses and penalties: MSE, RMSE, the parameters' L2 norm, the seed's penalised loss."""
+"""Losses and penalties: MSE (of predictions, or of a model on data), RMSE, the parameters'
+L2 norm, the seed's penalised loss."""
+
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -12,6 +15,14 @@ def mse(pred: Float[Array, "n ..."], y: Float[Array, "n ..."]) -> Float[Array, "
     if pred.shape != y.shape:
         raise ValueError(f"predictions and targets differ in shape: {pred.shape} and {y.shape}")
     return jnp.mean((pred - y) ** 2)
+
+
+def model_mse(
+    model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
+) -> Float[Array, ""]:
+    """`mse(model(x_i), y_i)`: the model vmapped over the samples (a shape mismatch between
+    its outputs and `y` is an error, not a broadcast)."""
+    return mse(jax.vmap(model)(x), y)
 
 
 def rmse(pred: Float[Array, "n ..."], y: Float[Array, "n ..."]) -> Float[Array, ""]:

@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._validation import positive_int
+from .losses import model_mse
 
 LossFn = Callable[[Any, Array, Array], Scalar]
 
@@ -39,14 +40,7 @@ class TrainingDiverged(FloatingPointError):
         self.loss = loss
 
 
-def mse(
-    model: Callable[[Array], Array], x: Float[Array, "n ..."], y: Float[Array, "n ..."]
-) -> Float[Array, ""]:
-    """`mean_i mean_j (model(x_i)_j - y_ij)^2`, the model vmapped over the samples."""
-    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
-
-
-_LOSSES: dict[str, LossFn] = {"mse": mse}
+_LOSSES: dict[str, LossFn] = {"mse": model_mse}
 
 
 def _loss_fn(loss: str | LossFn) -> LossFn:
@@ -131,9 +125,9 @@ def _epoch(params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, 
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
     model = eqx.combine(params, static)
-    metrics = {"loss": jnp.mean(losses), "train_mse": mse(model, x, y)}
+    metrics = {"loss": jnp.mean(losses), "train_mse": model_mse(model, x, y)}
     if x_test is not None:
-        metrics["test_mse"] = mse(model, x_test, y_test)
+        metrics["test_mse"] = model_mse(model, x_test, y_test)
     return params, opt_state, key, metrics
 
 

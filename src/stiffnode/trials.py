@@ -28,7 +28,7 @@ from jaxtyping import Array
 
 from . import checkpoints
 from ._validation import positive_int
-from .losses import l2_norm, penalised_loss
+from .losses import l2_norm, model_mse, penalised_loss
 from .models import ResNet
 from .stiffness import (
     amortised_power_init,
@@ -41,7 +41,7 @@ from .stiffness import (
     spectral_radius_power,
     stiffness_ratio,
 )
-from .train import has_diverged, mse
+from .train import has_diverged
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
@@ -222,26 +222,37 @@ def _eval_proxies(model: ResNet, x, dense: bool = True):
 
 
 @functools.lru_cache(maxsize=16)
+def _update_fn(config: TrainConfig, static, optimizer: optax.GradientTransformation):
+    """The training step of every trial (and of the benchmarks):
+    `update(params, opt_state, xb, yb, qb) -> (params, opt_state, loss, next vectors)`, one
+    optimizer update on the penalised loss of the batch `(xb, yb)` (`qb`: the batch's
+    amortised power vectors, or None)."""
+
+    def loss_fn(params, xb, yb, qb):
+        pred, p, q = sample_penalties(config, eqx.combine(params, static), xb, qb)
+        return penalised_loss(pred, yb, p, config.lam), q
+
+    def update(params, opt_state, xb, yb, qb):
+        (value, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb, qb)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        return optax.apply_updates(params, updates), opt_state, value, q
+
+    return update
+
+
 def _build(config: TrainConfig, static, n_train: int):
     """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation (one per config,
     model structure and training-set size, so repeated calls reuse the compilation)."""
     num_batches = _num_batches(config, n_train)
     optimizer = _optimizer(config, num_batches)
     total = num_batches * config.batch_size
-
-    def loss_fn(params, xb, yb, qb):
-        model = eqx.combine(params, static)
-        pred, p, q = sample_penalties(config, model, xb, qb)
-        return penalised_loss(pred, yb, p, config.lam), q
-
+    update = _update_fn(config, static, optimizer)
     amortised = config.penalty == "amortised"
 
     def step(carry, batch):
         params, opt_state, x, y = carry
         idx, qb = batch
-        (value, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x[idx], y[idx], qb)
-        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
-        params = optax.apply_updates(params, updates)
+        params, opt_state, value, q = update(params, opt_state, x[idx], y[idx], qb)
         return (params, opt_state, x, y), (value, q)
 
     def epoch(carry, _):
@@ -269,7 +280,8 @@ def _build(config: TrainConfig, static, n_train: int):
             "ER": jnp.mean((jax.vmap(model)(x) - y) ** 2),
             "GE": jnp.mean((jax.vmap(model)(x_test) - y_test) ** 2),
             "l2_norm": l2_norm(state.params),
-            "lr": config.learning_rate * state.opt_state[1].scale,
+            # reduce_on_plateau's factor, wherever it sits in the optimizer chain
+            "lr": config.learning_rate * optax.tree_utils.tree_get(state.opt_state, "scale"),
             **_eval_proxies(model, x[: config.proxy_samples]),
         }
         return state, metrics
@@ -476,7 +488,7 @@ def train_trials(
 @functools.partial(jax.jit, static_argnums=1)
 def _training_error(params, static, x, y):
     """Per trial, the MSE on the training set (the stacked trials' `params`)."""
-    return jax.vmap(lambda p: mse(eqx.combine(p, static), x, y))(params)
+    return jax.vmap(lambda p: model_mse(eqx.combine(p, static), x, y))(params)
 
 
 def _diverged_at(history: dict[str, list], start_error: np.ndarray, every: int) -> np.ndarray:
@@ -520,7 +532,8 @@ def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
 
 def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
     """`(step, state)`: one un-vmapped training step `step(state, xb, yb, idx)` of `config`'s
-    loss, for benchmarks; `state = (params, opt_state, vectors)`."""
+    loss, for benchmarks (the study's own update, `_update_fn`); `state = (params,
+    opt_state, vectors)`."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = _optimizer(config, _num_batches(config, n_train))
     shape = (n_train, config.depth, config.width) if config.penalty == "amortised" else (1, 1, 1)
@@ -528,17 +541,14 @@ def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
         *shape, key=jax.random.PRNGKey(1), dtype=model.weights.dtype
     ).vectors
 
-    def loss_fn(params, xb, yb, qb):
-        pred, p, q = sample_penalties(config, eqx.combine(params, static), xb, qb)
-        return penalised_loss(pred, yb, p, config.lam), q
+    update = _update_fn(config, static, optimizer)
 
     def step(state, xb, yb, idx):
         params, opt_state, vectors = state
         qb = vectors[idx] if config.penalty == "amortised" else None
-        (value, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb, qb)
-        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        params, opt_state, _, q = update(params, opt_state, xb, yb, qb)
         if config.penalty == "amortised":
             vectors = vectors.at[idx].set(q)
-        return optax.apply_updates(params, updates), opt_state, vectors
+        return params, opt_state, vectors
 
     return step, (params, optimizer.init(params), vectors)

@@ -41,6 +41,7 @@ from .._validation import positive_int
 from ..data import alpine02_dataset, digits_dataset
 from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
+from ..losses import model_mse
 from ..models import ResNet
 from ..solve import solve
 from ..train import has_diverged
@@ -100,15 +101,13 @@ def alpine02_task(seed: int = 0, width: int = 20, depth: int = 10) -> FlowTask:
     model = ResNet(2, 1, width, depth, key=jax.random.key(seed), dtype=jnp.float64)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def mse(p, x, y):
-        return jnp.mean((jax.vmap(eqx.combine(p, static))(x) - y) ** 2)
-
     def loss(p):
-        return mse(p, data.x_train, data.y_train)
+        return model_mse(eqx.combine(p, static), data.x_train, data.y_train)
 
     @jax.jit
     def metrics(p):
-        return {"train_loss": loss(p), "test_mse": mse(p, data.x_test, data.y_test)}
+        test_mse = model_mse(eqx.combine(p, static), data.x_test, data.y_test)
+        return {"train_loss": loss(p), "test_mse": test_mse}
 
     n = ravel_pytree(params)[0].size
     return FlowTask(

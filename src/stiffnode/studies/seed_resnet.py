@@ -40,7 +40,7 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 """The seed's settings per task (tanh, T = 1, Adam 1e-3 with reduce-on-plateau)."""
 
-SEED_TABLE = {  # The seed's climate case, medians over 25 trials.
+SEED_TABLE = {  # The seed's climate case, medians over 25 trials (its published table).
     "RES": {"penalty": 0.0, "ER": 5.4e-3, "GE": 3.9e-2, "stiffness": 3.52, "wall_time_s": 17903},
     "RES L2": {
         "penalty": 25.76,
