@@ -44,16 +44,26 @@ def pytest_configure(config):
     )
 
 
+def _precision(request):
+    """Switch x64 on (a test or module marked `x64`) or off for the duration, process-wide:
+    `jax.config.update` rather than the thread-local `jax.enable_x64` context, which host
+    callbacks (run on other threads) would not see."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", request.node.get_closest_marker("x64") is not None)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_precision(request):
     """float64 for a module marked `pytestmark = pytest.mark.x64` (its module-scoped
     fixtures included), float32 otherwise: no test module switches x64 for the others."""
-    with jax.enable_x64(request.node.get_closest_marker("x64") is not None):
-        yield
+    yield from _precision(request)
 
 
 @pytest.fixture(autouse=True)
 def _test_precision(request):
     """The same for one test marked `@pytest.mark.x64` in an unmarked module."""
-    with jax.enable_x64(request.node.get_closest_marker("x64") is not None):
-        yield
+    yield from _precision(request)
