@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stiffnode import NeuralODE, ResNet  # noqa: E402
-from stiffnode.gradients import gradient_gap, node_gradient, resnet_gradient  # noqa: E402
+from stiffnode.node.gradients import gradient_gap, node_gradient, resnet_gradient  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 IN_SIZE, OUT_SIZE, WIDTH, DEPTH, T, SEED = 3, 2, 8, 8, 1.0, 0

@@ -43,7 +43,7 @@ import stiffnode as sn  # noqa: E402
 from _common import RESULTS, environment, matmul_rate  # noqa: E402
 from stiffnode import stiffness as st  # noqa: E402
 from stiffnode import trials as tr  # noqa: E402
-from stiffnode.ensembles import pollu_ensemble  # noqa: E402
+from stiffnode.data.ensembles import pollu_ensemble  # noqa: E402
 from stiffnode.studies.seed_resnet import SEED_TABLE  # noqa: E402
 
 WIDTH, DEPTH, BATCH, NUM_BATCHES, EPOCHS, TRIALS = 50, 16, 20, 100, 1000, 25

@@ -12,8 +12,8 @@ import stiffnode  # noqa: E402
 import stiffnode.cli  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import Dataset, alpine02, alpine02_dataset  # noqa: E402
-from stiffnode.losses import model_mse as mse  # noqa: E402
-from stiffnode.train import TrainingDiverged, fit  # noqa: E402
+from stiffnode.training.losses import model_mse as mse  # noqa: E402
+from stiffnode.training.train import TrainingDiverged, fit  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
@@ -212,7 +212,7 @@ def test_cli_demo(tmp_path, capsys):
 
 def test_cli_arguments(capsys, monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(stiffnode.cli, "demo", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(stiffnode.studies.demo, "demo", lambda **kwargs: calls.append(kwargs))
     assert main([]) == 0  # no command means `demo`, with its defaults
     assert main(["--epochs", "7", "--seed", "3", "--out", tmp_path]) == 0
     assert main(["demo", "--width", "5", "--depth", "2", "--quiet"]) == 0

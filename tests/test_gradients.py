@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from jaxtyping import Array, Float  # noqa: E402
 
 from stiffnode import NeuralODE, ResNet  # noqa: E402
-from stiffnode.gradients import (  # noqa: E402
+from stiffnode.node.gradients import (  # noqa: E402
     gradient_gap,
     linear_scalar_gradients,
     node_gradient,

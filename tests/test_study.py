@@ -11,8 +11,8 @@ from stiffnode import checkpoints  # noqa: E402
 from stiffnode import trials as tr  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import alpine02_dataset  # noqa: E402
-from stiffnode.losses import l2_norm, mse, penalised_loss, rmse  # noqa: E402
 from stiffnode.studies import seed_resnet  # noqa: E402
+from stiffnode.training.losses import l2_norm, mse, penalised_loss, rmse  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
@@ -167,7 +167,7 @@ def test_pollu_ensemble_members_against_scipy(tmp_path):
     same members inside one batch of 40 (vmapped in chunks over the devices) agree."""
     from scipy.integrate import solve_ivp
 
-    from stiffnode.ensembles import PERTURBED_RATES, pollu_final_state
+    from stiffnode.data.ensembles import PERTURBED_RATES, pollu_final_state
     from stiffnode.problems import pollu
 
     u = np.array([np.linspace(-1, 1, 15), -(np.linspace(-1, 1, 15) ** 2)])

@@ -30,7 +30,7 @@ from .solvers import (
     initial_step_size,
     solver_stats_of,
 )
-from .stats import solver_stats
+from .solvers.stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
 

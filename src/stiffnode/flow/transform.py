@@ -14,7 +14,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from .._validation import positive_int
 from ..solve import get_solver, solve
 from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P, Rosenbrock23
-from ..stats import NOT_COUNTED
+from ..solvers.stats import NOT_COUNTED
 from .vector_field import GradientFlowField, LossFn
 
 FLOW_STAT_KEYS: tuple[str, ...] = (

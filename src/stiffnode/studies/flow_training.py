@@ -38,13 +38,13 @@ from jaxtyping import Array, PyTree
 
 from .. import checkpoints
 from .._validation import positive_int
-from ..data import alpine02_dataset, digits_dataset
+from ..data.datasets import alpine02_dataset, digits_dataset
 from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
-from ..losses import model_mse
 from ..models import ResNet
 from ..solve import solve
-from ..train import has_diverged
+from ..training.losses import model_mse
+from ..training.train import has_diverged
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import checkpoints
 from .._validation import positive_int
-from ..trials import PENALTIES, TrainConfig, train_trials
+from ..training.trials import PENALTIES, TrainConfig, train_trials
 
 MODELS: dict[str, tuple[str, float]] = {
     "RES": ("none", 0.0),
@@ -66,11 +66,11 @@ def _slug(model: str) -> str:
 def load_task(task: str, *, seed: int = 0, cache_dir=None, progress: bool = False):
     """The task's `Dataset`: Alpine02 (d = 2, 900/100) or the POLLU ensemble (1996/500)."""
     if task == "alpine02":
-        from ..data import alpine02_dataset
+        from ..data.datasets import alpine02_dataset
 
         return alpine02_dataset(seed, 2, 900, 100)
     if task == "pollu":
-        from ..ensembles import pollu_ensemble
+        from ..data.ensembles import pollu_ensemble
 
         return pollu_ensemble(seed, 1996, 500, cache_dir=cache_dir, progress=progress)
     raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")

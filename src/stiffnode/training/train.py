@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from ._validation import positive_int
+from .._validation import positive_int
 from .losses import model_mse
 
 LossFn = Callable[[Any, Array, Array], Scalar]

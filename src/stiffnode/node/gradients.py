@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Real, Scalar
 
-from ._validation import positive_int
-from .models.neural_ode import AbstractNeuralODE, NeuralODE
-from .models.resnet import ResNet
+from .._validation import positive_int
+from ..models.neural_ode import AbstractNeuralODE, NeuralODE
+from ..models.resnet import ResNet
 
 LossFn = Callable[[PyTree[Array], PyTree[ArrayLike]], Scalar]
 """`loss_fn(prediction, target) -> scalar`."""

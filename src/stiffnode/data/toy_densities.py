@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._validation import positive_int
+from .._validation import positive_int
 
 __all__ = ["TOY_DENSITIES", "checkerboard", "eight_gaussians", "sample", "two_moons"]
 

@@ -45,8 +45,8 @@ import diffrax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from .solvers.controllers import SolverStats
-from .solvers.self_controlled import STAT_KEYS
+from .controllers import SolverStats
+from .self_controlled import STAT_KEYS
 
 NOT_COUNTED = -1
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._validation import positive_int
-from .data import Dataset
+from .._validation import positive_int
+from .datasets import Dataset
 
 PERTURBED_RATES: tuple[int, ...] = tuple(range(15))
 """Indices (0-based) of the perturbed rate constants: `k_1 .. k_15`."""
@@ -58,8 +58,8 @@ def pollu_final_state(
     `stiffnode.solve_ensemble` per batch of `batch` members (rtol 1e-7, atol 1e-12): vmapped
     in chunks, over the local devices; the batches are the progress bar's steps.
     """
-    from .problems import pollu
-    from .solve_ensemble import solve_ensemble
+    from ..problems import pollu
+    from ..solve_ensemble import solve_ensemble
 
     problem = pollu()
     u = np.asarray(log2_factors, np.float64)
@@ -138,7 +138,7 @@ def pollu_ensemble(
     `default_cache_dir()`, `False` for no cache); `solver` is any stiff solver name of
     `stiffnode.solve`.
     """
-    from .problems import POLLU_SPECIES
+    from ..problems import POLLU_SPECIES
 
     n_train = positive_int("n_train", n_train)
     n_test = positive_int("n_test", n_test)

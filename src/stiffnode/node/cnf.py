@@ -24,8 +24,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real, Scalar
 
-from ._validation import positive_int
-from .solve import solve
+from .._validation import positive_int
+from ..solve import solve
 
 __all__ = [
     "CNF",

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._validation import positive_int
+from .._validation import positive_int
 
 ALPINE02_BOUNDS: tuple[float, float] = (-5.0, 5.0)
 """The box `[-5, 5]^dim` the Alpine02 inputs are drawn from."""

@@ -18,9 +18,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
-from .losses import model_mse
-from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE
-from .train import fit_full_batch
+from ..models import AugmentedNeuralODE, MLPVectorField, NeuralODE
+from ..training.losses import model_mse
+from ..training.train import fit_full_batch
 
 __all__ = [
     "MONOTONE_LOSS_BOUND",

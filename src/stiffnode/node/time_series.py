@@ -19,9 +19,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Real, Scalar
 
-from ._validation import positive_int
-from .solve import solve
-from .train import fit_full_batch
+from .._validation import positive_int
+from ..solve import solve
+from ..training.train import fit_full_batch
 
 __all__ = [
     "AutonomousMLP",

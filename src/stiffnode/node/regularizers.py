@@ -43,10 +43,10 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Real, Scalar
 
+from ..solve import get_solver, solve
+from ..solvers import initial_step_size
+from ..solvers.delegating import AbstractDelegatingSolver
 from .cnf import probe as _probe
-from .solve import get_solver, solve
-from .solvers import initial_step_size
-from .solvers.delegating import AbstractDelegatingSolver
 
 __all__ = [
     "PENALTIES",

@@ -26,11 +26,10 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from . import checkpoints
-from ._validation import positive_int
-from .losses import l2_norm, model_mse, penalised_loss
-from .models import ResNet
-from .stiffness import (
+from .. import checkpoints
+from .._validation import positive_int
+from ..models import ResNet
+from ..stiffness import (
     amortised_power_init,
     amortised_spectral_radius,
     forward_with_slopes,
@@ -41,6 +40,7 @@ from .stiffness import (
     spectral_radius_power,
     stiffness_ratio,
 )
+from .losses import l2_norm, model_mse, penalised_loss
 from .train import has_diverged
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
