@@ -12,8 +12,8 @@ import stiffnode  # noqa: E402
 import stiffnode.cli  # noqa: E402
 from stiffnode.cli import main  # noqa: E402
 from stiffnode.data import Dataset, alpine02, alpine02_dataset  # noqa: E402
+from stiffnode.training import TrainingDiverged, fit  # noqa: E402
 from stiffnode.training.losses import model_mse as mse  # noqa: E402
-from stiffnode.training.train import TrainingDiverged, fit  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 

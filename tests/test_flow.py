@@ -27,6 +27,7 @@ from stiffnode.flow import (  # noqa: E402
 )
 from stiffnode.solvers.krylov import gmres  # noqa: E402
 from stiffnode.stiffness.lanczos import lanczos_extremes  # noqa: E402
+from stiffnode.training import TrainingDiverged  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
@@ -502,8 +503,11 @@ def test_run_bad_inputs_and_non_finite():
     ):
         with pytest.raises(ValueError):
             run(logistic_loss, P0_LOG, sgd, **kwargs)
-    with pytest.raises(FloatingPointError, match="loss is nan"):
+    with pytest.raises(TrainingDiverged, match="loss is nan at update 0"):
         run(lambda p: jnp.sum(p["w"]) * jnp.nan, P0_LOG, sgd, max_updates=3)
+    # A learning rate that blows up: named at the update where the loss passed 1e6 x.
+    with pytest.raises(TrainingDiverged, match="diverged: the loss is .* at update [1-9]"):
+        run(lambda p: jnp.sum((p["w"] - 1.0) ** 2), P0_LOG, optax.sgd(30.0), max_updates=20)
     # A finite loss whose gradient is infinite (sqrt at 0): the parameters become NaN.
     with pytest.raises(FloatingPointError, match="not finite after update 0"):
         run(lambda p: jnp.sum(jnp.sqrt(jnp.abs(p["w"]))), P0_LOG, sgd, max_updates=3)

@@ -84,7 +84,7 @@ def load(
     path: os.PathLike | str, required: Iterable[str] = ()
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """`(arrays, meta)` from a file written by `save`; `DamagedFileError` if it cannot be
-    read whole or lacks one of the `required` arrays."""
+    read whole or lacks one of the `required` entries (arrays or metadata keys)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -95,7 +95,7 @@ def load(
         raise
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DamagedFileError(path, f"{type(e).__name__}: {e}") from None
-    missing = [k for k in required if k not in arrays]
+    missing = [k for k in required if k not in arrays and k not in meta]
     if missing:
         raise DamagedFileError(path, f"no {', '.join(missing)} in it (an incomplete file)")
     return arrays, meta

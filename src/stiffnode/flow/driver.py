@@ -11,13 +11,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
 from .. import checkpoints
 from .._validation import positive_int
+from ..training.loop import TrainingDiverged, has_diverged
 from .transform import GradientFlowState
 from .vector_field import LossFn, hessian_extremes
 
@@ -106,7 +106,8 @@ def run(
 
     An update that fails at run time (a solver's step budget exhausted, say) ends the run
     with `stop_reason = "failed: <message>"`; the parameters and history up to it are kept.
-    A non-finite loss or parameters raise `FloatingPointError`.
+    A loss that diverges (NaN/inf, or 1e6 times the first: `training.loop.has_diverged`)
+    raises `TrainingDiverged` naming the update, non-finite parameters `FloatingPointError`.
     """
     max_updates = positive_int("max_updates", max_updates)
     eval_every = positive_int("eval_every", eval_every)
@@ -172,6 +173,7 @@ def run(
                 lo, hi = lanczos(params, jax.random.fold_in(key, k), batch)
                 row["hessian_min"], row["hessian_max"] = float(lo), float(hi)
             _append(history, row)
+            _check_loss(loss, history["loss"][0], k)
             reason = _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time)
             if reason is None and max_wall_time is not None and wall >= max_wall_time:
                 reason = "max_wall_time"
@@ -222,9 +224,18 @@ def _runtime_message(error: Exception) -> str:
     return (lines[-1] if lines else str(error).splitlines()[0]).strip()[:300]
 
 
+def _check_loss(loss: float, start: float, k: int):
+    """The training loop's divergence rule (`training.loop.has_diverged`)."""
+    if has_diverged(loss, start):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {loss:.3g} at update {k} (at the start "
+            f"{start:.3g}); lower the learning rate or tighten the flow's tolerances",
+            k,
+            loss,
+        )
+
+
 def _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time) -> str | None:
-    if not np.isfinite(row["loss"]):
-        raise FloatingPointError(f"the loss is {row['loss']} at update {k}")
     if target_loss is not None and row["loss"] <= target_loss:
         return "target_loss"
     if grad_tol is not None and row["grad_norm"] <= grad_tol:

@@ -26,6 +26,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real, Scalar
 
 from .._validation import positive_int
 from ..solve import solve
+from ..training.loop import train_loop
 
 __all__ = [
     "CNF",
@@ -268,6 +269,9 @@ def fit(
 
     Returns:
         The trained flow and the per-step minibatch NLL.
+
+    Raises:
+        TrainingDiverged: a step's NLL is NaN/inf or 1e6 times the first (`training.loop`).
     """
     steps = positive_int("steps", steps)
     batch_size = positive_int("batch_size", batch_size)
@@ -284,26 +288,24 @@ def fit(
             return data[jax.random.randint(k, (n,), 0, data.shape[0])]
 
     params, static = eqx.partition(cnf, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
     frozen = tuple(sorted(solve_options.items()))
-    losses = []
-    iterator = range(steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        iterator = bar = tqdm(iterator, desc="cnf", unit="step")
-    try:
-        for _ in iterator:
-            key, k_data, k_probe = jax.random.split(key, 3)
-            x = sampler(k_data, batch_size)
-            params, opt_state, value = _step(
-                params, static, opt_state, optimizer, x, k_probe, frozen
-            )
-            losses.append(value)
-            if bar is not None:
-                bar.set_postfix(nll=f"{float(value):.3f}", refresh=False)
-    finally:
-        if bar is not None:
-            bar.close()
-    return eqx.combine(params, static), np.asarray(jnp.stack(losses))
+    def advance(state):
+        params, opt_state, key = state
+        key, k_data, k_probe = jax.random.split(key, 3)
+        x = sampler(k_data, batch_size)
+        params, opt_state, value = _step(params, static, opt_state, optimizer, x, k_probe, frozen)
+        return (params, opt_state, key), {"nll": value}
+
+    result = train_loop(
+        advance,
+        (params, optimizer.init(params), key),
+        steps,
+        start_loss=None,  # the first minibatch's NLL, before its update
+        loss_key="nll",
+        progress=progress,
+        description="cnf",
+        unit="step",
+    )
+    return eqx.combine(result.state[0], static), result.history["nll"]
+

@@ -43,8 +43,8 @@ from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
 from ..models import ResNet
 from ..solve import solve
+from ..training.loop import has_diverged
 from ..training.losses import model_mse
-from ..training.train import has_diverged
 
 
 @dataclass(frozen=True)

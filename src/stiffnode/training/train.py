@@ -8,37 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._validation import positive_int
+from .loop import TrainingDiverged, train_loop
 from .losses import model_mse
 
+__all__ = ["LossFn", "TrainingDiverged", "fit", "fit_full_batch"]  # TrainingDiverged: fit's
+
 LossFn = Callable[[Any, Array, Array], Scalar]
-
-DIVERGENCE_RATIO = 1e6
-"""`fit` stops with `TrainingDiverged` when an epoch's mean loss exceeds this many times the
-loss before training (or is NaN/inf); the same rule marks diverged trials and runs in the
-studies (`has_diverged`)."""
-
-
-def has_diverged(loss: ArrayLike, start: ArrayLike) -> np.ndarray:
-    """`loss` is NaN/inf or above `DIVERGENCE_RATIO` times `start` (elementwise, numpy)."""
-    loss, start = np.asarray(loss, float), np.asarray(start, float)
-    with np.errstate(invalid="ignore"):
-        return ~np.isfinite(loss) | (
-            loss > DIVERGENCE_RATIO * np.maximum(start, np.finfo(np.float32).tiny)
-        )
-
-
-class TrainingDiverged(FloatingPointError):
-    """Training diverged: a non-finite loss, or one far above where it started. The
-    message names the epoch; no diverged parameters are returned as a result."""
-
-    def __init__(self, message: str, epoch: int, loss: float):
-        super().__init__(message)
-        self.epoch = epoch
-        self.loss = loss
-
 
 _LOSSES: dict[str, LossFn] = {"mse": model_mse}
 
@@ -168,8 +146,8 @@ def fit(
     Raises:
         ValueError: the model's output for one sample does not have the shape of one target
             (loss "mse"), or it does not accept one input sample.
-        TrainingDiverged: an epoch's mean loss is NaN/inf or above `DIVERGENCE_RATIO` times
-            the loss before training (checked after every epoch).
+        TrainingDiverged: an epoch's mean loss is NaN/inf or above `loop.DIVERGENCE_RATIO`
+            times the loss before training (checked after every epoch).
     """
     if optimizer is None:
         optimizer = optax.adam(1e-3)
@@ -190,53 +168,27 @@ def fit(
     if loss == "mse":
         _check_model_shapes(model, x, y)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
     start_loss = float(eqx.filter_jit(loss_fn)(model, x, y))
-    history: dict[str, list] = {}
-    epoch_iter = range(epochs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(epoch_iter, desc="training", unit="epoch")
-        epoch_iter = bar
-    try:
-        for epoch in epoch_iter:
-            params, opt_state, key, metrics = _epoch(
-                params,
-                static,
-                opt_state,
-                optimizer,
-                loss_fn,
-                x,
-                y,
-                x_test,
-                y_test,
-                key,
-                batch_size,
-            )
-            epoch_loss = float(metrics["loss"])
-            if has_diverged(epoch_loss, start_loss):
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch + 1}: mean minibatch loss "
-                    f"{epoch_loss:.3g} (before training {start_loss:.3g}); lower the "
-                    "learning rate",
-                    epoch + 1,
-                    epoch_loss,
-                )
-            for name, value in metrics.items():
-                history.setdefault(name, []).append(value)
-            if bar is not None:
-                bar.set_postfix({k: f"{float(v):.3g}" for k, v in metrics.items()}, refresh=False)
-            if callback is not None:
-                callback(
-                    epoch, eqx.combine(params, static), {k: float(v) for k, v in metrics.items()}
-                )
-    finally:
-        if bar is not None:
-            bar.close()
-    model = eqx.combine(params, static)
-    return model, {name: np.asarray(jnp.stack(values)) for name, values in history.items()}
+    def advance(state):
+        params, opt_state, key = state
+        params, opt_state, key, metrics = _epoch(
+            params, static, opt_state, optimizer, loss_fn, x, y, x_test, y_test, key, batch_size
+        )
+        return (params, opt_state, key), metrics
+
+    def report(epoch, state, metrics):
+        callback(epoch, eqx.combine(state[0], static), {k: float(v) for k, v in metrics.items()})
+
+    result = train_loop(
+        advance,
+        (params, optimizer.init(params), key),
+        epochs,
+        start_loss=start_loss,
+        progress=progress,
+        callback=None if callback is None else report,
+    )
+    return eqx.combine(result.state[0], static), result.history
 
 
 def fit_full_batch(
@@ -246,20 +198,24 @@ def fit_full_batch(
     steps: int,
 ) -> tuple[eqx.Module, Float[np.ndarray, " steps"]]:
     """`steps` optax updates of `model` on the full-batch `loss(model)`, in one compiled
-    `lax.scan`; returns the trained model and the loss before each step."""
+    `lax.scan`; returns the trained model and the loss before each step. Raises
+    `TrainingDiverged` naming the first step whose loss is NaN/inf or 1e6 times the first."""
     steps = positive_int("steps", steps)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     @jax.jit
-    def run(params):
+    def advance(state):
         def step(carry, _):
-            p, state = carry
+            p, opt_state = carry
             value, grads = jax.value_and_grad(lambda q: loss(eqx.combine(q, static)))(p)
-            updates, state = optimizer.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), value
+            updates, opt_state = optimizer.update(grads, opt_state, p)
+            return (optax.apply_updates(p, updates), opt_state), value
 
-        (p, _), values = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
-        return p, values
+        state, values = jax.lax.scan(step, state, None, steps)
+        return state, {"loss": values}
 
-    params, values = run(params)
-    return eqx.combine(params, static), np.asarray(values)
+    # All steps in one record: divergence is checked (and named by its step) at the end.
+    result = train_loop(
+        advance, (params, optimizer.init(params)), 1, start_loss=None, every=steps, unit="step"
+    )
+    return eqx.combine(result.state[0], static), result.history["loss"][0]

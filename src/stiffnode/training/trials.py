@@ -14,9 +14,7 @@ as `jax.config.update("jax_num_cpu_devices", n)` made before JAX's first use, on
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -26,7 +24,6 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from .. import checkpoints
 from .._validation import positive_int
 from ..models import ResNet
 from ..stiffness import (
@@ -40,8 +37,8 @@ from ..stiffness import (
     spectral_radius_power,
     stiffness_ratio,
 )
+from .loop import train_loop
 from .losses import l2_norm, model_mse, penalised_loss
-from .train import has_diverged
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
@@ -353,25 +350,6 @@ def final_metrics(
     return {k: np.array([r[k] for r in results]) for k in FINAL_METRICS}
 
 
-def _save_checkpoint(path: Path, state, history, epochs_done: int, wall_time_s: float):
-    arrays = checkpoints.tree_arrays(state, "leaf")
-    arrays |= {f"hist_{k}": np.asarray(v) for k, v in history.items()}
-    checkpoints.save(path, arrays, {"epochs_done": epochs_done, "wall_time_s": wall_time_s})
-
-
-def _load_checkpoint(path: Path, like):
-    """`(state, history, epochs_done, wall_time_s)`, or None when there is no checkpoint or
-    it is damaged (set aside with a warning: training restarts)."""
-    loaded = checkpoints.load_or_set_aside(path)
-    if loaded is None:
-        return None
-    arrays, meta = loaded
-    what = f"the checkpoint {path} was made by another configuration, data or seeds"
-    state = checkpoints.tree_from_arrays(arrays, like, "leaf", what=what)
-    history = {k[5:]: list(v.T) for k, v in arrays.items() if k.startswith("hist_")}
-    return state, history, int(meta["epochs_done"]), float(meta["wall_time_s"])
-
-
 def train_trials(
     config: TrainConfig,
     data,
@@ -428,80 +406,46 @@ def train_trials(
     state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
     num = len(seeds)
     start_error = np.asarray(_training_error(state.params, static, x, y))
-    history: dict[str, list] = {}
-    done, wall_before = 0, 0.0
-    checkpoint = None if checkpoint is None else Path(checkpoint)
-    resumed = None if checkpoint is None else _load_checkpoint(checkpoint, _host_trials(state, num))
-    if resumed is not None:
-        host_state, history, done, wall_before = resumed
-        state = jax.tree_util.tree_map(jnp.asarray, host_state)
-    state = _spread(state, devices, num)
-
     run_chunk = _build(config, static, n_train)
-    n_chunks = config.epochs // config.eval_every
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.epochs, initial=done, desc=description, unit="epoch")
-    start = last_save = time.perf_counter()
-    try:
-        for _ in range(done // config.eval_every, n_chunks):
-            state, metrics = run_chunk(state, x, y, x_test, y_test)
-            for k, v in metrics.items():
-                history.setdefault(k, []).append(np.asarray(v)[:num])
-            done += config.eval_every
-            diverged_at = _diverged_at(history, start_error, config.eval_every)
-            if bar is not None:
-                bar.update(config.eval_every)
-                bar.set_postfix(
-                    ER=f"{np.median(history['ER'][-1]):.3g}",
-                    GE=f"{np.median(history['GE'][-1]):.3g}",
-                    refresh=False,
-                )
-            if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                wall = wall_before + time.perf_counter() - start
-                _save_checkpoint(checkpoint, _host_trials(state, num), _stack(history), done, wall)
-                last_save = time.perf_counter()
-            if diverged_at.all():  # nothing left to train
-                break
-        jax.block_until_ready(state)
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = wall_before + time.perf_counter() - start
-    host_state = _host_trials(state, num)
-    if checkpoint is not None:
-        _save_checkpoint(checkpoint, host_state, _stack(history), done, wall)
-    state = jax.tree_util.tree_map(jnp.asarray, host_state)
-    models = eqx.combine(state.params, static)
-    diverged_at = _diverged_at(history, start_error, config.eval_every)
-    for column in history.values():  # the epochs not trained after all trials diverged
-        column += [np.full(num, np.nan)] * (n_chunks - len(column))
-    final = final_metrics(
-        models, (x, y, x_test, y_test), proxy_samples=config.proxy_samples, skip=diverged_at > 0
+    def advance(state):
+        state, metrics = run_chunk(state, x, y, x_test, y_test)
+        return state, {k: np.asarray(v)[:num] for k, v in metrics.items()}  # without padding
+
+    result = train_loop(
+        advance,
+        _spread(state, devices, num),
+        config.epochs // config.eval_every,
+        start_loss=start_error,
+        loss_key="ER",
+        every=config.eval_every,
+        members=True,
+        progress=progress,
+        description=description,
+        show=("ER", "GE"),
+        checkpoint=checkpoint,
+        checkpoint_every_s=checkpoint_every_s,
+        to_host=lambda state: _host_trials(state, num),
+        from_host=lambda host: _spread(jax.tree_util.tree_map(jnp.asarray, host), devices, num),
     )
-    epochs = np.arange(1, n_chunks + 1) * config.eval_every
-    return TrialsResult(models, _stack(history), epochs, final, wall, diverged_at)
+    state = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state, num))
+    models = eqx.combine(state.params, static)
+    final = final_metrics(
+        models,
+        (x, y, x_test, y_test),
+        proxy_samples=config.proxy_samples,
+        skip=result.diverged_at > 0,
+    )
+    epochs = np.arange(1, config.epochs // config.eval_every + 1) * config.eval_every
+    return TrialsResult(
+        models, result.history, epochs, final, result.wall_time_s, result.diverged_at
+    )
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _training_error(params, static, x, y):
     """Per trial, the MSE on the training set (the stacked trials' `params`)."""
     return jax.vmap(lambda p: model_mse(eqx.combine(p, static), x, y))(params)
-
-
-def _diverged_at(history: dict[str, list], start_error: np.ndarray, every: int) -> np.ndarray:
-    """Per trial, the first recorded epoch whose loss or training error is non-finite or
-    whose training error is `DIVERGENCE_RATIO` times that before training; 0 if none."""
-    bad = np.stack(
-        [
-            has_diverged(er, start_error) | ~np.isfinite(loss)
-            for er, loss in zip(history.get("ER", []), history.get("loss", []), strict=True)
-        ]
-        or [np.zeros(len(start_error), bool)]
-    )
-    return np.where(bad.any(0), (bad.argmax(0) + 1) * every, 0)
 
 
 def _spread(state, devices: Sequence[jax.Device], num: int):
@@ -523,11 +467,6 @@ def _host_trials(tree, num: int):
     arrays: slicing the spread arrays on the devices would be a cross-device program, which
     hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
     return jax.tree_util.tree_map(lambda a: np.asarray(a)[:num], tree)
-
-
-def _stack(history: dict[str, list]) -> dict[str, np.ndarray]:
-    """`{name: (trials, n_evals)}` from per-eval lists of `(trials,)` arrays."""
-    return {k: np.stack(v, axis=-1) for k, v in history.items()}
 
 
 def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
