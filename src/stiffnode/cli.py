@@ -3,7 +3,6 @@ work is in `stiffnode.studies` (`demo`, the default command; `study`; `flow`).""
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import jax
 
 from . import __version__
+from ._validation import positive_number
 
 
 def _positive_int(text: str) -> int:
@@ -27,12 +27,10 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     try:
-        value = float(text)
+        return positive_number("value", float(text))
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+        message = f"expected a positive finite number, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _output_dir(text: str) -> Path:

@@ -16,7 +16,7 @@ from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
 from .. import checkpoints
-from .._validation import positive_int
+from .._validation import positive_int, positive_number
 from ..training.loop import TrainingDiverged, has_diverged
 from .transform import GradientFlowState
 from .vector_field import LossFn, hessian_extremes
@@ -56,11 +56,6 @@ def _compiled(step, executables: dict, params, opt_state, batch, result: "FlowRu
         executables[signature] = step.lower(params, opt_state, batch).compile()
         result.compile_time += time.perf_counter() - start
     return executables[signature]
-
-
-def _check_optional_positive(name: str, value):
-    if value is not None and not (isinstance(value, int | float) and value > 0):
-        raise ValueError(f"{name} must be a positive number or None, got {value!r}")
 
 
 def run(
@@ -117,7 +112,7 @@ def run(
         ("max_flow_time", max_flow_time),
         ("max_wall_time", max_wall_time),
     ):
-        _check_optional_positive(name, value)
+        positive_number(name, value, allow_none=True)
     if stiffness_every is not None:
         stiffness_every = positive_int("stiffness_every", stiffness_every)
         if key is None:

@@ -13,8 +13,6 @@ float32 resolution: use float64 for `jacobian="fd"`.
 """
 
 import dataclasses
-import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +25,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Float, PyTree
 
+from .._validation import positive_number
 from .vector_field import dense_hessian
 
 SOLVE_IVP_METHODS = ("LSODA", "BDF", "Radau", "RK45")
@@ -99,14 +98,6 @@ class ScipyFlowResult:
 class _WallTimeExceeded(Exception):
     """Raised inside the right-hand side once `max_wall_time` has passed."""
 
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return value
 
 
 def _check_t_eval(t_eval, t1: float) -> np.ndarray:
@@ -231,11 +222,11 @@ def scipy_gradient_flow(
         raise ValueError(f"unknown jacobian {jacobian!r}; use one of {list(JACOBIANS)}")
     if method == "RK45" and jacobian != "fd":
         raise ValueError('RK45 is explicit and uses no Jacobian; use jacobian="fd"')
-    t1 = _positive("t1", t1)
-    rtol = _positive("rtol", rtol)
-    atol = _positive("atol", atol)
+    t1 = positive_number("t1", t1)
+    rtol = positive_number("rtol", rtol)
+    atol = positive_number("atol", atol)
     if max_wall_time is not None:
-        max_wall_time = _positive("max_wall_time", max_wall_time)
+        max_wall_time = positive_number("max_wall_time", max_wall_time)
     ts_req = _check_t_eval(t_eval, t1)
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")

@@ -11,7 +11,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
-from .._validation import positive_int
+from .._validation import positive_int, positive_number
 from ..solve import get_solver, solve
 from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P, Rosenbrock23
 from ..solvers.stats import NOT_COUNTED
@@ -70,10 +70,8 @@ def _value(name: str, x: float | Schedule, count) -> Array:
 
 
 def _check_positive(name: str, x):
-    if callable(x):
-        return
-    if isinstance(x, bool) or not isinstance(x, int | float) or not x > 0:
-        raise ValueError(f"{name} must be a positive number or a schedule, got {x!r}")
+    if not callable(x):
+        positive_number(f"{name} (a number, or a schedule)", x)
 
 
 def flow_solver(

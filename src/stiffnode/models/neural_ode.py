@@ -8,6 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._validation import positive_number
 from ..solve import Solution, solve
 from .resnet import ResNet
 from .vector_field import ResidualVectorField
@@ -65,8 +66,7 @@ class NeuralODE(AbstractNeuralODE):
     T: float = eqx.field(static=True)
 
     def __init__(self, vector_field, *, T: float = 1.0, input=None, output=None):
-        if not T > 0:
-            raise ValueError(f"horizon T must be positive, got {T!r}")
+        positive_number("horizon T", T)
         self.vector_field = vector_field
         self.input = _identity if input is None else input
         self.output = _identity if output is None else output
@@ -126,8 +126,7 @@ class AugmentedNeuralODE(AbstractNeuralODE):
                  output=None):
         if not isinstance(augment_size, int) or augment_size < 0:
             raise ValueError(f"augment_size must be a non-negative int, got {augment_size!r}")
-        if not T > 0:
-            raise ValueError(f"horizon T must be positive, got {T!r}")
+        positive_number("horizon T", T)
         self.vector_field = vector_field
         self.augment_size = augment_size
         self.input = _identity if input is None else input

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._validation import positive_int
+from .._validation import positive_int, positive_number
 
 
 class ResNet(eqx.Module):
@@ -40,8 +40,7 @@ class ResNet(eqx.Module):
         for name, value in (("in_size", in_size), ("out_size", out_size), ("width", width),
                             ("depth", depth)):
             positive_int(f"ResNet {name}", value)
-        if not T > 0:
-            raise ValueError(f"ResNet horizon T must be positive, got {T!r}")
+        positive_number("ResNet horizon T", T)
         k_in, k_w, k_b, k_out = jax.random.split(key, 4)
         self.input = eqx.nn.Linear(in_size, width, key=k_in, dtype=dtype)
         self.output = eqx.nn.Linear(width, out_size, key=k_out, dtype=dtype)

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Real, Scalar
 
-from .._validation import positive_int
+from .._validation import positive_int, positive_number
 from ..solve import solve
 from ..training.loop import train_loop
 
@@ -134,8 +134,7 @@ class CNF(eqx.Module):
         trace: Literal["exact", "hutchinson"] = "exact",
         probe: Literal["gaussian", "rademacher"] = "gaussian",
     ):
-        if not T > 0:
-            raise ValueError(f"horizon T must be positive, got {T!r}")
+        positive_number("horizon T", T)
         if trace not in TRACES:
             raise ValueError(f"unknown trace {trace!r}; use one of {TRACES}")
         if probe not in PROBES:

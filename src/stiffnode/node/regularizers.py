@@ -49,7 +49,7 @@ from ..solvers.delegating import AbstractDelegatingSolver
 from .cnf import probe as _probe
 
 __all__ = [
-    "PENALTIES",
+    "TERMS",
     "Regularized",
     "SolverHeuristics",
     "penalty",
@@ -58,8 +58,9 @@ __all__ = [
     "regularized_solve",
 ]
 
-PENALTIES: tuple[str, ...] = ("kinetic", "frobenius", "error", "stiffness", "proxy")
-"""The names of the penalties `regularized_solve` can return."""
+TERMS: tuple[str, ...] = ("kinetic", "frobenius", "error", "stiffness", "proxy")
+"""The names of the regularisation terms `regularized_solve` can return (not to be confused
+with `training.trials.PENALTIES`, the ResNet training penalties)."""
 
 _INTEGRATED = ("kinetic", "frobenius")
 _ACCUMULATED = ("error", "stiffness", "proxy")
@@ -221,7 +222,7 @@ def _names(kinetic, frobenius, error, stiffness, proxy):
         stiffness=stiffness,
         proxy=proxy is not None,
     )
-    return tuple(name for name in PENALTIES if wanted[name])
+    return tuple(name for name in TERMS if wanted[name])
 
 
 def regularized_solve(

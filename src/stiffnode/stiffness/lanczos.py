@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._validation import positive_int
+
 
 def lanczos_extremes(
     matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
@@ -21,9 +23,7 @@ def lanczos_extremes(
     products with `A`.
     """
     n = v0.shape[0]
-    m = min(int(num_iters), n)
-    if m < 1:
-        raise ValueError(f"num_iters must be positive, got {num_iters!r}")
+    m = min(positive_int("num_iters", num_iters), n)
     dtype = v0.dtype
     V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     rows = jnp.arange(m + 1)

@@ -37,7 +37,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from .. import checkpoints
-from .._validation import positive_int
+from .._validation import positive_int, positive_number
 from ..data.datasets import alpine02_dataset, digits_dataset
 from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
@@ -320,16 +320,17 @@ def run_study(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
     learning_rates = LEARNING_RATES if learning_rates is None else tuple(map(float, learning_rates))
-    if not learning_rates or not all(lr > 0 and np.isfinite(lr) for lr in learning_rates):
-        raise ValueError(f"learning_rates must be positive and finite, got {learning_rates}")
+    if not learning_rates:
+        raise ValueError("learning_rates is empty")
+    for lr in learning_rates:
+        positive_number("each of learning_rates", lr)
     methods = METHODS if methods is None else tuple(methods)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; use {METHODS}")
     updates = positive_int("updates", updates)
     for name, value in (("budget", budget), ("seed_time", seed_time), ("seed_budget", seed_budget)):
-        if not (isinstance(value, int | float) and value > 0 and np.isfinite(value)):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        positive_number(name, value)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary_path, history_path = out / "summary.json", out / "history.json"

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from .._validation import positive_int
+from .._validation import non_negative_number, positive_int, positive_number
 from ..models import ResNet
 from ..stiffness import (
     amortised_power_init,
@@ -118,10 +118,8 @@ class TrainConfig:
             )
         if self.penalty not in PENALTIES:
             raise ValueError(f"unknown penalty {self.penalty!r}; use one of {', '.join(PENALTIES)}")
-        if not (self.lam >= 0 and np.isfinite(self.lam)):
-            raise ValueError(f"lam must be a finite non-negative number, got {self.lam!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        non_negative_number("lam", self.lam)
+        positive_number("learning_rate", self.learning_rate)
         if self.epochs % self.eval_every:
             raise ValueError(f"eval_every={self.eval_every} must divide epochs={self.epochs}")
 
