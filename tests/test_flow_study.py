@@ -122,6 +122,15 @@ def test_flow_cli_bad_arguments_are_usage_errors_before_any_work(
     assert message in capsys.readouterr().err
 
 
+def test_flow_cli_reports_when_every_learning_rate_diverged(tmp_path, capsys):
+    """Was `TypeError: cannot unpack non-iterable NoneType` (a traceback)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["flow", "--task", "alpine02", "--out", str(tmp_path), "--updates", "3",
+              "--methods", "adam", "--learning-rates", "1e308", "--quiet"])  # fmt: skip
+    assert exc.value.code == 1
+    assert "stiffnode flow: error: adam: training diverged at every" in capsys.readouterr().err
+
+
 def test_flow_cli_defaults_are_the_studys():
     """One home for each setting: the command's defaults are `run_study`'s."""
     import inspect

@@ -177,6 +177,14 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     if not argv or argv[0] not in ("demo", "study", "flow", "-h", "--help", "--version"):
         argv = ["demo", *argv]
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except (ValueError, FloatingPointError) as e:  # a bad setting, or training diverged
+        parser.exit(1, f"stiffnode {args.command}: error: {e}\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from .studies.demo import demo
 
@@ -202,4 +210,3 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
                        seed=args.seed, progress=not args.quiet)
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"wrote {Path(args.out) / 'summary.json'}")
-    return 0
