@@ -17,6 +17,7 @@ jax.config.update("jax_num_cpu_devices", 2)
 _LONG_FIRST = (
     "test_notebooks.py::",
     "test_flow_study.py::test_flow_study_cli",
+    "test_distributed.py::test_two_processes",
     "test_study.py::test_study_cli",
     "test_time_series.py::test_neural_ode_fits",
     "test_data_train_cli.py::test_cli_demo",

@@ -80,6 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="no progress bar or progress messages, only the results")
     _add_study_parser(commands)
     _add_flow_parser(commands)
+    _add_launch_parser(commands)
     return parser
 
 
@@ -125,7 +126,7 @@ def _add_flow_parser(commands):
 
 def _add_study_parser(commands):
     """`stiffnode study`: the seed's RES / RES L2 / RES stiff study (stiffnode.studies)."""
-    from .studies.seed_resnet import TASKS
+    from .studies.seed_resnet import MODELS, TASKS
     from .training.trials import PENALTIES
 
     study = commands.add_parser(
@@ -156,7 +157,44 @@ def _add_study_parser(commands):
     study.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
                        help="CPU devices the trials are spread over, each running on its own "
                        "thread (default: the number of cores, at most the trials)")
+    study.add_argument("--models", nargs="+", choices=tuple(MODELS), default=tuple(MODELS),
+                       metavar="MODEL", help=f"a subset of: {', '.join(MODELS)} (default all)")
     study.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_distributed_arguments(study)
+
+
+def _add_distributed_arguments(parser):
+    """The arguments of `jax.distributed.initialize` (`stiffnode.distributed`)."""
+    group = parser.add_argument_group(
+        "several processes (JAX's multi-controller runtime; `stiffnode launch` sets these "
+        "for one machine)"
+    )
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="process 0's address; with --num-processes and --process-id")
+    group.add_argument("--num-processes", type=_positive_int, default=None, metavar="P")
+    group.add_argument("--process-id", type=int, default=None, metavar="I")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run that JAX detects by itself (SLURM, "
+                       "Open MPI, cloud TPU)")
+
+
+def _add_launch_parser(commands):
+    """`stiffnode launch -n P -- COMMAND ...`: P local processes of one JAX program."""
+    launch = commands.add_parser(
+        "launch",
+        help="run a command as several local JAX processes (one CPU device each)",
+        description="Start P processes of `stiffnode COMMAND ...` on this machine, joined "
+        "by JAX's multi-controller runtime (a coordinator on 127.0.0.1), each with one CPU "
+        "device unless --cpu-devices is given; exits with the first failure's status. On a "
+        "cluster, run `stiffnode COMMAND ... --coordinator HOST:PORT --num-processes P "
+        "--process-id I` on each host instead (or --distributed under SLURM).",
+    )
+    launch.add_argument("-n", "--num-processes", type=_positive_int, required=True,
+                        metavar="P")
+    launch.add_argument("--port", type=_positive_int, default=None,
+                        help="the coordinator's port (default: a free one)")
+    launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the stiffnode command and its arguments (study)")
 
 
 def _request_cpu_devices(n: int) -> None:
@@ -174,33 +212,46 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     """The `stiffnode` console command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
     parser = _build_parser()
-    if not argv or argv[0] not in ("demo", "study", "flow", "-h", "--help", "--version"):
+    if not argv or argv[0] not in ("demo", "study", "flow", "launch", "-h", "--help",
+                                   "--version"):
         argv = ["demo", *argv]
     args = parser.parse_args(argv)
     try:
-        _run(args)
+        return _run(args)
     except (ValueError, FloatingPointError) as e:  # a bad setting, or training diverged
         parser.exit(1, f"stiffnode {args.command}: error: {e}\n")
-    return 0
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "launch":
+        from .distributed import launch
+
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv or argv[0] != "study":
+            raise ValueError("launch runs `study` (give: launch -n P -- study ...)")
+        return launch(args.num_processes, argv, port=args.port)
     if args.command == "demo":
         from .studies.demo import demo
 
         demo(epochs=args.epochs, width=args.width, depth=args.depth, seed=args.seed,
              out=args.out, quiet=args.quiet)
     elif args.command == "study":
+        from . import distributed
         from .studies.seed_resnet import TASKS, run_study
 
         trials = args.trials or TASKS[args.task]["trials"]
         _request_cpu_devices(args.cpu_devices or min(os.cpu_count() or 1, trials))
+        if args.coordinator is not None or args.distributed:
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        main_process = distributed.is_main()
         summary = run_study(args.task, out=args.out, trials=args.trials, epochs=args.epochs,
                             seed=args.seed, stiff_penalty=args.stiff_proxy,
-                            eval_every=args.eval_every, group_size=args.group_size,
-                            progress=not args.quiet)
-        print(json.dumps(summary, indent=2))
-        print(f"wrote {Path(args.out) / 'summary.json'}")
+                            models=tuple(args.models), eval_every=args.eval_every,
+                            group_size=args.group_size,
+                            progress=not args.quiet and main_process)
+        if main_process:
+            print(json.dumps(summary, indent=2))
+            print(f"wrote {Path(args.out) / 'summary.json'}")
     elif args.command == "flow":
         from .studies.flow_training import run_study as run_flow_study
 
@@ -210,3 +261,4 @@ def _run(args: argparse.Namespace) -> None:
                        seed=args.seed, progress=not args.quiet)
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0

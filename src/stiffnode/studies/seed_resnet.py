@@ -4,9 +4,11 @@ For each model, `trials` initialisations (seeds `seed, seed+1, ...`, shared by t
 are trained together in one compiled program (`stiffnode.trials.train_trials`). Each
 finished trial is written to `out/trials/<model>/trial_<seed>.npz` at once and never
 recomputed; a running group is checkpointed every minute to `out/checkpoints/`, so a killed
-study resumes where it stopped. `out/summary.json` holds the medians over trials,
-`out/summary.csv` and `out/trials.csv` the table and every trial, `out/evolution.png` the
-seed's evolution plots (median and quartiles over trials).
+study resumes where it stopped. Run as several JAX processes (`stiffnode.distributed`), the
+trials are spread over every process's devices and the results are the same.
+`out/summary.json` holds the medians over trials, `out/summary.csv` and `out/trials.csv` the
+table and every trial, `out/evolution.png` the seed's evolution plots (median and quartiles
+over trials).
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ import numpy as np
 
 from .. import checkpoints
 from .._validation import positive_int
+from ..distributed import agree
 from ..training.trials import PENALTIES, TrainConfig, train_trials
 
 MODELS: dict[str, tuple[str, float]] = {
@@ -179,7 +182,11 @@ def run_study(
         trial_dir.mkdir(parents=True, exist_ok=True)
         path = {s: trial_dir / f"trial_{s:04d}.npz" for s in seeds}
         finished = {s: _read_finished(path[s], signature) for s in seeds}
-        pending = [s for s in seeds if finished[s] is None]
+        # All processes of a multi-process run train the same groups: process 0's view.
+        done = agree(np.array([finished[s] is not None for s in seeds]))
+        pending = [s for s, d in zip(seeds, done, strict=True) if not d]
+        for s in pending:
+            finished[s] = None
         for start in range(0, len(pending), group_size):
             group = pending[start : start + group_size]
             tag = hashlib.sha1(signature.encode()).hexdigest()[:8]  # a checkpoint of this study

@@ -25,6 +25,7 @@ import optax
 from jaxtyping import Array
 
 from .._validation import non_negative_number, positive_int, positive_number
+from ..distributed import to_host
 from ..models import ResNet
 from ..stiffness import (
     amortised_power_init,
@@ -373,7 +374,8 @@ def train_trials(
         checkpoint: a file path; the training state is saved there every
             `checkpoint_every_s` seconds and at the end, and a run finding it resumes from
             it (same config, data and seeds; any devices).
-        devices: the devices the trials are spread over (default `jax.local_devices()`);
+        devices: the devices the trials are spread over (default `jax.devices()`: every
+            device of every process, when JAX runs as several (`stiffnode.distributed`));
             with d devices, the trials are padded to a multiple of d by repeating the last
             (its duplicates are dropped from the result). Results do not depend on d.
 
@@ -393,7 +395,7 @@ def train_trials(
         raise ValueError("x and y differ in their number of samples")
     n_train = x.shape[0]
     _num_batches(config, n_train)
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty: give at least one device")
 
@@ -408,7 +410,7 @@ def train_trials(
 
     def advance(state):
         state, metrics = run_chunk(state, x, y, x_test, y_test)
-        return state, {k: np.asarray(v)[:num] for k, v in metrics.items()}  # without padding
+        return state, _host_trials(metrics, num)
 
     result = train_loop(
         advance,
@@ -450,10 +452,11 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
     """`state`'s `num` trials padded (repeating the last) to a multiple of `len(devices)` and
     sharded over them along the trial axis."""
     pad = -num % len(devices)
-    if pad:
-        state = jax.tree_util.tree_map(
-            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), state
-        )
+    # From the host (the same values on every process): the devices may belong to several
+    # processes, and each puts its share.
+    state = jax.tree_util.tree_map(
+        lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), jax.device_get(state)
+    )
     mesh = jax.sharding.Mesh(np.asarray(devices), ("trials",))
     return jax.device_put(
         state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
@@ -462,9 +465,9 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
 
 def _host_trials(tree, num: int):
     """The first `num` trials of every array leaf (drops `_spread`'s padding), as numpy
-    arrays: slicing the spread arrays on the devices would be a cross-device program, which
-    hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:num], tree)
+    arrays gathered from every process: slicing the spread arrays on the devices would be a
+    cross-device program, which hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
+    return jax.tree_util.tree_map(lambda a: a[:num], to_host(tree))
 
 
 def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):

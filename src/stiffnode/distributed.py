@@ -1,0 +1,118 @@
+"""Beyond one process: JAX's multi-controller runtime (`jax.distributed`), as clusters and
+TPU pods run it, and on one machine as several processes.
+
+Every process runs the same program on its share of a global device mesh; results that
+live on other processes' devices are gathered with `to_host`, and decisions taken from
+files (which trials are finished) are made by process 0 and shared with `agree`, so that
+all processes run the same compiled programs. Output files are written by every process
+atomically with identical content, so the output directory must be on a file system the
+processes share (one machine, or a cluster's shared file system).
+
+Launch: `initialize` (the arguments of `jax.distributed.initialize`, or none to let JAX
+detect SLURM, Open MPI or a cloud TPU), or `stiffnode launch -n P -- study ...` for P
+local processes.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ._validation import positive_int
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 300,
+) -> None:
+    """`jax.distributed.initialize`, with the gloo collectives on CPU (XLA:CPU has no other
+    cross-process collectives). Call before any other use of JAX. `timeout_s`: how long
+    processes wait for each other to start (a missing process is then an error naming the
+    coordinator, not a hang)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # (CPU devices only)
+    given = [x is not None for x in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("give coordinator, num_processes and process_id together, or none")
+    if all(given):
+        num_processes = positive_int("num_processes", num_processes)
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
+    jax.distributed.initialize(
+        coordinator,
+        num_processes,
+        process_id,
+        initialization_timeout=timeout_s,
+    )
+
+
+def is_multiprocess() -> bool:
+    """More than one JAX process takes part."""
+    return jax.process_count() > 1
+
+
+def is_main() -> bool:
+    """This is process 0 (the one that reports)."""
+    return jax.process_index() == 0
+
+
+def to_host(tree):
+    """Every array leaf as a numpy array on every process, gathered from all processes'
+    devices when they are spread over several (`process_allgather`)."""
+    if is_multiprocess():
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def agree(tree):
+    """Process 0's value of `tree` (numpy arrays / scalars) on every process."""
+    if is_multiprocess():
+        return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
+    return tree
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a local coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int, argv: Sequence[str], *, port: int | None = None) -> int:
+    """Run `stiffnode <argv>` as `num_processes` local processes of one JAX program (one CPU
+    device each unless `argv` says otherwise); returns 0, or the first failure's exit status
+    (the other processes are then stopped)."""
+    num_processes = positive_int("num_processes", num_processes)
+    port = free_port() if port is None else port
+    common = [sys.executable, "-m", "stiffnode", *argv, "--coordinator", f"127.0.0.1:{port}",
+              "--num-processes", str(num_processes)]  # fmt: skip
+    if "--cpu-devices" not in argv:
+        common += ["--cpu-devices", "1"]
+    processes = [
+        subprocess.Popen([*common, "--process-id", str(i)], env=os.environ.copy())
+        for i in range(num_processes)
+    ]
+    try:
+        while True:  # a failed process stops the others (they would wait for it)
+            codes = [p.poll() for p in processes]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed or all(c == 0 for c in codes):
+                return failed[0] if failed else 0
+            time.sleep(0.05)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
