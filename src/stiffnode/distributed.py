@@ -89,7 +89,8 @@ def free_port() -> int:
 def launch(num_processes: int, argv: Sequence[str], *, port: int | None = None) -> int:
     """Run `stiffnode <argv>` as `num_processes` local processes of one JAX program (one CPU
     device each unless `argv` says otherwise); returns 0, or the first failure's exit status
-    (the other processes are then stopped)."""
+    (128 + the signal for a killed process; the other processes are then stopped, and a
+    rerun of the same command resumes from the files written)."""
     num_processes = positive_int("num_processes", num_processes)
     port = free_port() if port is None else port
     common = [sys.executable, "-m", "stiffnode", *argv, "--coordinator", f"127.0.0.1:{port}",
@@ -104,8 +105,8 @@ def launch(num_processes: int, argv: Sequence[str], *, port: int | None = None) 
         while True:  # a failed process stops the others (they would wait for it)
             codes = [p.poll() for p in processes]
             failed = [c for c in codes if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
-                return failed[0] if failed else 0
+            if failed or all(c == 0 for c in codes):  # a signal -s as a shell says it: 128 + s
+                return (failed[0] if failed[0] > 0 else 128 - failed[0]) if failed else 0
             time.sleep(0.05)
     finally:
         for p in processes:
