@@ -93,7 +93,7 @@ def test_flow_study_bad_arguments(tmp_path):
         flow_training.run_study("mnist", tmp_path)
     with pytest.raises(ValueError, match="unknown methods"):
         flow_training.run_study("digits", tmp_path, methods=("adam", "lbfgs"))
-    with pytest.raises(ValueError, match="budget must be a positive finite number"):
+    with pytest.raises(ValueError, match="budget must be positive and finite, got -1.0"):
         flow_training.run_study("digits", tmp_path, budget=-1.0)
 
 
