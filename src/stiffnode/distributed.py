@@ -8,6 +8,9 @@ all processes run the same compiled programs. Output files are written by every 
 atomically with identical content, so the output directory must be on a file system the
 processes share (one machine, or a cluster's shared file system).
 
+Data parallelism: `shard_batch` splits a batch over the devices; the gradient flow and any
+jitted loss then run on every device's share.
+
 Launch: `initialize` (the arguments of `jax.distributed.initialize`, or none to let JAX
 detect SLURM, Open MPI or a cloud TPU), or `stiffnode launch -n P -- study ...` for P
 local processes.
@@ -77,6 +80,29 @@ def agree(tree):
     if is_multiprocess():
         return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
     return tree
+
+
+def shard_batch(batch, devices=None):
+    """`batch` (a pytree of arrays with a leading sample axis) split along that axis over
+    `devices` (default every device of every process): data parallelism. A jitted loss or
+    gradient of it (`flow.run(..., batches=...)`, `flow.gradient_flow`) then runs on every
+    device on its share, and XLA reduces the results across devices and processes; the
+    trajectory equals the one-device one to round-off. Every process passes the same
+    `batch`. The sample count must be a multiple of the number of devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % len(devices):
+            raise ValueError(
+                f"a batch array of shape {x.shape} cannot be split over {len(devices)} "
+                "devices: its leading (sample) axis must be a multiple of their number"
+            )
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, batch)
 
 
 def free_port() -> int:
