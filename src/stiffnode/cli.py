@@ -244,11 +244,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.coordinator is not None or args.distributed:
             distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         main_process = distributed.is_main()
-        summary = run_study(args.task, out=args.out, trials=args.trials, epochs=args.epochs,
-                            seed=args.seed, stiff_penalty=args.stiff_proxy,
-                            models=tuple(args.models), eval_every=args.eval_every,
-                            group_size=args.group_size,
-                            progress=not args.quiet and main_process)
+        with distributed.naming_lost_processes():
+            summary = run_study(args.task, out=args.out, trials=args.trials,
+                                epochs=args.epochs, seed=args.seed,
+                                stiff_penalty=args.stiff_proxy, models=tuple(args.models),
+                                eval_every=args.eval_every, group_size=args.group_size,
+                                progress=not args.quiet and main_process)
         if main_process:
             print(json.dumps(summary, indent=2))
             print(f"wrote {Path(args.out) / 'summary.json'}")

@@ -16,6 +16,7 @@ detect SLURM, Open MPI or a cloud TPU), or `stiffnode launch -n P -- study ...` 
 local processes.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,11 +37,14 @@ def initialize(
     process_id: int | None = None,
     *,
     timeout_s: int = 300,
+    heartbeat_timeout_s: int = 100,
 ) -> None:
     """`jax.distributed.initialize`, with the gloo collectives on CPU (XLA:CPU has no other
     cross-process collectives). Call before any other use of JAX. `timeout_s`: how long
     processes wait for each other to start (a missing process is then an error naming the
-    coordinator, not a hang)."""
+    coordinator, not a hang); `heartbeat_timeout_s`: after how long without a heartbeat a
+    process counts as lost (the others then stop with an error naming it, `Task I
+    heartbeat timeout`)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # (CPU devices only)
     given = [x is not None for x in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
@@ -54,7 +58,31 @@ def initialize(
         num_processes,
         process_id,
         initialization_timeout=timeout_s,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
     )
+
+
+_LOST_PEER_MESSAGES = ("Gloo", "Connection closed", "heartbeat", "UNAVAILABLE")
+
+
+@contextlib.contextmanager
+def naming_lost_processes():
+    """A collective that fails because another process of the run stopped becomes a
+    ValueError naming this process and saying how to resume (the coordination service then
+    also names the lost process, `Task I heartbeat timeout`, after `heartbeat_timeout_s`)."""
+    try:
+        yield
+    except (jax.errors.JaxRuntimeError, ValueError) as e:
+        # (gloo's failures arrive as ValueError "UNKNOWN: Gloo AllGather failed: ...
+        # Connection closed by peer"; the coordination service's as UNAVAILABLE)
+        if not is_multiprocess() or not any(m in str(e) for m in _LOST_PEER_MESSAGES):
+            raise
+        first = str(e).strip().splitlines()[0][:300]
+        raise ValueError(
+            f"process {jax.process_index()} of {jax.process_count()}: another process of "
+            f"this run stopped or failed ({first}); rerun the same command to resume from "
+            "the files written"
+        ) from None
 
 
 def is_multiprocess() -> bool:
