@@ -78,6 +78,7 @@ def test_vmapped_trials_equal_trials_one_by_one(data):
                 rtol=1e-9,
             )
     assert together.history["ER"].shape == (2, 2)
+    assert np.all(together.diverged_at == 0)
     assert alone.final["ER"].shape == (1,)
     np.testing.assert_array_equal(together.epochs, [2, 4])
 
@@ -147,8 +148,6 @@ def test_diverging_trials_are_marked_not_reported(data):
         result = tr.train_trials(_config(learning_rate=lr), data, [0, 1])
         assert np.all(result.diverged_at == 2), lr  # seen at the first record, epoch 2
         assert all(np.all(np.isnan(v)) for v in result.final.values())
-    healthy = tr.train_trials(_config(), data, [0])
-    assert np.all(healthy.diverged_at == 0)
     rows = [
         {"seed": s, "diverged_at": d, "wall_time_s": 1.0, "group_wall_time_s": 2.0,
          "final_ER": er, "final_GE": er, "final_stiffness": 1.0}  # fmt: skip
@@ -163,18 +162,17 @@ def test_diverging_trials_are_marked_not_reported(data):
 
 
 def test_pollu_ensemble_members_against_scipy(tmp_path):
-    """Two ensemble members solved by stiffnode (its default BDF) against scipy's Radau; the
-    same members inside one batch of 40 (vmapped in chunks over the devices) agree."""
+    """Two ensemble members solved by stiffnode (its default BDF) inside one batch of 40
+    (vmapped in chunks over the devices) against scipy's Radau (that batching does not
+    change a member: test_batched.py)."""
     from scipy.integrate import solve_ivp
 
     from stiffnode.data.ensembles import PERTURBED_RATES, pollu_final_state
     from stiffnode.problems import pollu
 
     u = np.array([np.linspace(-1, 1, 15), -(np.linspace(-1, 1, 15) ** 2)])
-    ours = pollu_final_state(u, batch=2)
     more = np.random.default_rng(0).uniform(-1, 1, (38, 15))
-    batched = pollu_final_state(np.concatenate([u, more]), batch=40)
-    np.testing.assert_allclose(batched[:2], ours, rtol=1e-12)
+    ours = pollu_final_state(np.concatenate([u, more]), batch=40)[:2]
     for ui, yi in zip(u, ours, strict=True):
         k = pollu().args.copy()
         k[list(PERTURBED_RATES)] *= 2.0**ui
@@ -236,10 +234,7 @@ def test_study_cli_writes_summary_and_never_recomputes(tmp_path, monkeypatch):
     assert all(any(str(f) in str(w.message) for w in caught) for f in files)
     assert all(f.with_name(f.name + ".damaged").exists() for f in files)
     assert again["RES"]["ER"] == pytest.approx(first["RES"]["ER"], rel=1e-12)
-    arrays, meta = checkpoints.load(files[0])
-    checkpoints.save(files[0], {k: v for k, v in arrays.items() if k != "final_ER"}, meta)
-    with pytest.warns(UserWarning, match="no final_ER in it"):
-        seed_resnet.run_study("alpine02", models=("RES",), **args)
+    # (an incomplete file, e.g. without final_ER: test_checkpoints.py)
     for name in ("summary.csv", "trials.csv", "evolution.png", "details.json"):
         assert (out / name).exists()
     with pytest.raises(ValueError, match="another study"):  # other epochs: never reused
