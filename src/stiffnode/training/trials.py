@@ -7,8 +7,9 @@ Each trial is minibatch Adam with a reduce-on-plateau learning rate (optax's
 nothing (RES), the parameters' L2 norm (RES L2) or the sum over layers of a stiffness proxy
 of sample i's layer Jacobians (RES stiff). Trials differ only in their seed (initialisation,
 shuffles, power vectors); all of them run in one `jit(vmap(...))`, the trial axis spread over
-the given devices (by default every local device of JAX's default backend: on a CPU, as many
-as `jax.config.update("jax_num_cpu_devices", n)` made before JAX's first use, one per core).
+the given devices (by default every device of JAX's default backend, of every process when
+JAX runs as several (`stiffnode.distributed`): on a CPU, as many per process as
+`jax.config.update("jax_num_cpu_devices", n)` made before JAX's first use, one per core).
 """
 
 import dataclasses
@@ -426,7 +427,7 @@ def train_trials(
         checkpoint=checkpoint,
         checkpoint_every_s=checkpoint_every_s,
         to_host=lambda state: _host_trials(state, num),
-        from_host=lambda host: _spread(jax.tree_util.tree_map(jnp.asarray, host), devices, num),
+        from_host=lambda host: _spread(host, devices, num),
     )
     state = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state, num))
     models = eqx.combine(state.params, static)
