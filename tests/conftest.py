@@ -15,9 +15,10 @@ jax.config.update("jax_num_cpu_devices", 2)
 
 # Test id prefixes of the long tests, longest first.
 _LONG_FIRST = (
+    "test_distributed.py::test_ensemble_and_flow",
+    "test_distributed.py::test_a_killed_process",
     "test_notebooks.py::",
     "test_flow_study.py::test_flow_study_cli",
-    "test_distributed.py::test_two_processes",
     "test_study.py::test_study_cli",
     "test_time_series.py::test_neural_ode_fits",
     "test_data_train_cli.py::test_cli_demo",

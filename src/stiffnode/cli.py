@@ -219,7 +219,12 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     try:
         return _run(args)
     except (ValueError, FloatingPointError) as e:  # a bad setting, or training diverged
-        parser.exit(1, f"stiffnode {args.command}: error: {e}\n")
+        message = f"stiffnode {args.command}: error: {e}\n"
+        from .distributed import ProcessLost, exit_now
+
+        if isinstance(e, ProcessLost):  # (leave without waiting for the lost process)
+            exit_now(1, message)
+        parser.exit(1, message)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -65,11 +65,27 @@ def initialize(
 _LOST_PEER_MESSAGES = ("Gloo", "Connection closed", "heartbeat", "UNAVAILABLE")
 
 
+class ProcessLost(ValueError):
+    """Another process of this multi-process run stopped or failed. This process should
+    then leave without JAX's shutdown barrier, which would wait for the lost process until
+    its heartbeat times out (`exit_now`)."""
+
+
+def exit_now(status: int, message: str = "") -> None:
+    """Write `message` to stderr and end this process with `status` at once: no exit
+    handlers, so no `jax.distributed.shutdown` barrier waiting for a lost process (the
+    files written are complete: they are written atomically)."""
+    sys.stdout.flush()
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    os._exit(status)
+
+
 @contextlib.contextmanager
 def naming_lost_processes():
     """A collective that fails because another process of the run stopped becomes a
-    ValueError naming this process and saying how to resume (the coordination service then
-    also names the lost process, `Task I heartbeat timeout`, after `heartbeat_timeout_s`)."""
+    `ProcessLost` naming this process and saying how to resume (the coordination service
+    names the lost process, `Task I heartbeat timeout`, after `heartbeat_timeout_s`)."""
     try:
         yield
     except (jax.errors.JaxRuntimeError, ValueError) as e:
@@ -78,7 +94,7 @@ def naming_lost_processes():
         if not is_multiprocess() or not any(m in str(e) for m in _LOST_PEER_MESSAGES):
             raise
         first = str(e).strip().splitlines()[0][:300]
-        raise ValueError(
+        raise ProcessLost(
             f"process {jax.process_index()} of {jax.process_count()}: another process of "
             f"this run stopped or failed ({first}); rerun the same command to resume from "
             "the files written"
@@ -108,6 +124,15 @@ def agree(tree):
     if is_multiprocess():
         return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
     return tree
+
+
+def same_on_every_process(value) -> bool:
+    """`value` (a numpy scalar or array) is equal on every process (a collective: every
+    process must call it)."""
+    if not is_multiprocess():
+        return True
+    values = multihost_utils.process_allgather(np.asarray(value), tiled=False)
+    return bool(np.all(values == values[:1]))
 
 
 def shard_batch(batch, devices=None):

@@ -1,5 +1,6 @@
 """Many solves of one vector field at once: `solve` over a batch of initial states and/or
-arguments, spread over the devices, each device stepping through its own members."""
+arguments, spread over the devices (of every process, under `stiffnode.distributed`), each
+device stepping through its own members."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, PyTree
 
 from ._validation import positive_int
+from .distributed import to_host
 from .solve import Solution, VectorField, solve
 
 _AXIS = "members"
@@ -71,12 +73,17 @@ def solve_ensemble(
 
     Each member is `stiffnode.solve(vector_field, y0_i, t0, t1, args=args_i,
     **solve_kwargs)`, with its own steps, order and Jacobian reuse. The members are split
-    over `devices` (by default `jax.local_devices()`, e.g. several GPUs, or CPU devices from
+    over `devices` (by default `jax.devices()`, e.g. several GPUs, or CPU devices from
     `jax.config.update("jax_num_cpu_devices", n)`) with `shard_map`, so each device runs
     its own loop instead of stepping in lockstep with the slowest member of another device;
     on a device, `chunk_size` members are vmapped together (a vmapped adaptive solve runs
     as many steps as its slowest member, so smaller chunks waste less on spread-out
     members, larger ones vectorise more) and the chunks run one after another.
+
+    Over several processes (`stiffnode.distributed.initialize`; the default `devices` are
+    then every process's): every process calls `solve_ensemble` with the same members,
+    each puts and solves its devices' share, and every process gets the whole `Solution`
+    back (numpy arrays, gathered from all processes). Not inside `jax.jit` then.
 
     Args:
         y0, args: pytrees whose leaves have a leading member axis when `batch_y0` /
@@ -84,7 +91,8 @@ def solve_ensemble(
         chunk_size: members vmapped together on one device (at most
             `CPU_MULTI_DEVICE_MAX_CHUNK` over several CPU devices: a larger chunk deadlocks
             XLA:CPU there).
-        devices: the devices to split the members over.
+        devices: the devices to split the members over (default `jax.devices()`: every
+            device of JAX's default backend, of every process).
         throw: raise if any member's solve failed, naming the first such member; with
             `throw=False` check `Solution.result` (one per member).
         solve_kwargs: as for `stiffnode.solve` (solver, rtol, atol, saveat, ...).
@@ -96,7 +104,7 @@ def solve_ensemble(
         raise ValueError("solve_ensemble takes throw=; progress bars are per member")
     chunk_size = positive_int("chunk_size", chunk_size)
     num = _batch_size(y0, args, batch_y0, batch_args)
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty")
     per_device = -(-num // len(devices))
@@ -108,11 +116,34 @@ def solve_ensemble(
     y0_all = _pad(y0, batch_y0, total)
     args_all = _pad(args, batch_args, total)
     layout = (batch_y0, batch_args, chunk, tuple(devices))
+    other_processes = any(d.process_index != jax.process_index() for d in devices)
+    if other_processes:  # each process puts its devices' shares (the same values everywhere)
+        y0_all, args_all = _put_members(y0_all, args_all, batch_y0, batch_args, devices)
     sol = _solve_members(vector_field, y0_all, args_all, t0, t1, layout, solve_kwargs)
-    sol = jax.tree.map(lambda x: x[:num] if eqx.is_array(x) else x, sol)
+    if other_processes:  # slicing global arrays would be one more cross-process program
+        arrays, static = eqx.partition(sol, eqx.is_array)
+        sol = eqx.combine(jax.tree.map(lambda x: x[:num], to_host(arrays)), static)
+    else:
+        sol = jax.tree.map(lambda x: x[:num] if eqx.is_array(x) else x, sol)
     if throw:
         sol = _raise_on_failed_members(sol)
     return sol
+
+
+def _put_members(y0, args, batch_y0: bool, batch_args: bool, devices):
+    """The padded members as global arrays over `devices`, split along the member axis (or
+    replicated where not batched), each process putting its own devices' shares."""
+    mesh = Mesh(np.asarray(devices), (_AXIS,))
+
+    def put(tree, batched):
+        sharding = jax.sharding.NamedSharding(
+            mesh, PartitionSpec(_AXIS) if batched else PartitionSpec()
+        )
+        return jax.tree.map(
+            lambda x: jax.device_put(np.asarray(x), sharding) if eqx.is_array(x) else x, tree
+        )
+
+    return put(y0, batch_y0), put(args, batch_args)
 
 
 @eqx.filter_jit

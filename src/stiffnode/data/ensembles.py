@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .. import checkpoints
 from .._validation import positive_int
 from .datasets import Dataset
 
@@ -56,7 +57,8 @@ def pollu_final_state(
     """POLLU's 20 concentrations at `t1 = 60` with `k_j -> k_j 2^{u_j}` for the perturbed j.
 
     `stiffnode.solve_ensemble` per batch of `batch` members (rtol 1e-7, atol 1e-12): vmapped
-    in chunks, over the local devices; the batches are the progress bar's steps.
+    in chunks, over every device (of every process under `stiffnode.distributed`); the
+    batches are the progress bar's steps.
     """
     from ..problems import pollu
     from ..solve_ensemble import solve_ensemble
@@ -106,17 +108,15 @@ def _raw_ensemble(seed, n, solver, cache_dir, progress):
     if cache_dir is not False:
         directory = default_cache_dir() if cache_dir is None else Path(cache_dir)
         path = directory / f"{tag}_{hashlib.sha1(tag.encode()).hexdigest()[:8]}.npz"
-        if path.exists():
-            with np.load(path) as f:
-                return f["log2_factors"], f["concentrations"]
+        cached = checkpoints.load_or_set_aside(path, ("log2_factors", "concentrations"))
+        if cached is not None:
+            return cached[0]["log2_factors"], cached[0]["concentrations"]
     rng = np.random.default_rng(seed)
     u = rng.uniform(-1.0, 1.0, size=(n, len(PERTURBED_RATES)))
     c = pollu_final_state(u, solver=solver, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, log2_factors=u, concentrations=c)
-        os.replace(tmp, path)
+        checkpoints.save(path, {"log2_factors": u, "concentrations": c})
     return u, c
 
 

@@ -19,12 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from .. import checkpoints
 from .._validation import positive_int
 from ..distributed import agree
-from ..training.trials import PENALTIES, TrainConfig, train_trials
+from ..training.trials import PENALTIES, TrainConfig, process_checkpoint, train_trials
 
 MODELS: dict[str, tuple[str, float]] = {
     "RES": ("none", 0.0),
@@ -203,7 +204,8 @@ def run_study(
             for i, s in enumerate(group):
                 _write_trial(path[s], s, result, i, len(group), signature)
                 finished[s] = checkpoints.load(path[s])[0]
-            ckpt.unlink(missing_ok=True)
+            for f in (ckpt, process_checkpoint(ckpt, jax.devices())):
+                f.unlink(missing_ok=True)
         results[model] = [finished[s] for s in seeds]
 
     summary, details = _summarise(results, task, trials, epochs, stiff_penalty)

@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from .. import checkpoints
+from ..distributed import agree, same_on_every_process
 
 State = TypeVar("State")
 
@@ -74,6 +75,7 @@ def train_loop(
     checkpoint_every_s: float = 60.0,
     to_host: Callable[[State], Any] = lambda s: s,
     from_host: Callable[[Any], State] = lambda s: s,
+    across_processes: bool = False,
 ) -> LoopResult:
     """`state, metrics = advance(state)` `num_records` times, each covering `every` units
     (epochs or steps); `metrics[loss_key]` is checked after each call.
@@ -90,12 +92,18 @@ def train_loop(
         checkpoint: a file: the state (`to_host(state)`, restored by `from_host`), the
             history and the time so far are written there atomically every
             `checkpoint_every_s` seconds and at the end; a run finding it resumes from it.
+        across_processes: `state` spans several processes (`stiffnode.distributed`), each
+            writing its own share to its own `checkpoint`: process 0's clock says when to
+            write, and a run resumes only if every process finds a checkpoint of the same
+            record (otherwise all restart). Every process must then run the loop.
     """
     history: dict[str, list] = {}
     done, wall_before = 0, 0.0
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None:
         resumed = _load(checkpoint, to_host(state))
+        if across_processes and not same_on_every_process(-1 if resumed is None else resumed[2]):
+            resumed = None
         if resumed is not None:
             host, history, done, wall_before = resumed
             state = from_host(host)
@@ -127,7 +135,8 @@ def train_loop(
                 )
             if callback is not None:
                 callback(record, state, metrics)
-            if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
+            due = time.perf_counter() - last_save > checkpoint_every_s
+            if checkpoint is not None and (agree(np.bool_(due)) if across_processes else due):
                 wall = wall_before + time.perf_counter() - start
                 _save(checkpoint, to_host(state), history, done, wall)
                 last_save = time.perf_counter()
