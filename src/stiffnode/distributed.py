@@ -126,6 +126,13 @@ def agree(tree):
     return tree
 
 
+def spans_processes(tree) -> bool:
+    """Some array leaf of `tree` lives partly on other processes' devices."""
+    return any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)
+    )
+
+
 def same_on_every_process(value) -> bool:
     """`value` (a numpy scalar or array) is equal on every process (a collective: every
     process must call it)."""

@@ -11,12 +11,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
 from .. import checkpoints
 from .._validation import positive_int, positive_number
+from ..distributed import agree, spans_processes
 from ..training.loop import TrainingDiverged, has_diverged
 from .transform import GradientFlowState
 from .vector_field import LossFn, hessian_extremes
@@ -85,7 +87,9 @@ def run(
     (which `gradient_flow` does not need) and the optimizer's update. The loss and gradient
     norm recorded before each update are monitoring, evaluated outside the timed call.
     With `batches` (an iterable of keyword dicts for `loss_fn`), update `k` uses batch `k`
-    (a minibatch run); otherwise the loss is full batch.
+    (a minibatch run); otherwise the loss is full batch. With batches split over several
+    processes (`stiffnode.distributed.shard_batch`), every process runs `run` with the same
+    arguments, and the wall-time rule is process 0's (the others follow it).
 
     Args:
         eval_fn: `params -> {name: value}` (test metrics), called every `eval_every`
@@ -170,8 +174,12 @@ def run(
             _append(history, row)
             _check_loss(loss, history["loss"][0], k)
             reason = _stop_reason(row, k, max_updates, target_loss, grad_tol, max_flow_time)
-            if reason is None and max_wall_time is not None and wall >= max_wall_time:
-                reason = "max_wall_time"
+            if reason is None and max_wall_time is not None:
+                over = wall >= max_wall_time
+                if spans_processes((params, batch)):  # all processes stop at the same update
+                    over = bool(agree(np.bool_(over)))
+                if over:
+                    reason = "max_wall_time"
             if reason is not None:
                 break
             compiled = _compiled(step, executables, params, opt_state, batch, result)
