@@ -6,12 +6,29 @@ the end. They are moved to the front, longest first (their durations as measured
 2-core machine).
 """
 
+import os
+import tempfile
+from pathlib import Path
+
 import jax
 import pytest
 
 # Two CPU devices, as `stiffnode study` uses on a 2-core machine: the vmapped trials are
 # spread over them (`trials.train_trials`) in the tests too. Set before JAX's first use.
 jax.config.update("jax_num_cpu_devices", 2)
+
+# One persistent compilation cache for the run's processes (both xdist workers, the
+# notebooks' kernels, the command-line tests' subprocesses, through the environment): the
+# suite's time is mostly compilation, and many programs are compiled by several of them.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "stiffnode-tests-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 
 # Test id prefixes of the long tests, longest first.
 _LONG_FIRST = (
