@@ -54,6 +54,15 @@ def test_flow_study_cli(tmp_path, capsys):
     before = (out / "summary.json").read_text()
     assert main(args) == 0
     assert (out / "summary.json").read_text() == before
+    # The command split the batch over this process's two CPU devices (conftest.py; padded
+    # with zero weights: 1,347 samples): one device gives the same runs to round-off.
+    one = flow_training.run_study("digits", tmp_path / "one", updates=30, budget=20.0,
+                                  methods=("adam", "flow-bdf"), learning_rates=(0.03, 0.1),
+                                  progress=False, plot=False)  # fmt: skip
+    assert one["adam"]["learning_rate"] == adam["learning_rate"]
+    for name in ("adam", "flow-bdf"):
+        np.testing.assert_allclose(one[name]["final_train_loss"], summary[name]["final_train_loss"],
+                                   rtol=1e-9, err_msg=name)  # fmt: skip
 
 
 def test_scipy_and_jax_flows_agree_on_the_trajectory():

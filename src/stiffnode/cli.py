@@ -122,6 +122,10 @@ def _add_flow_parser(commands):
                       "(default 1e-3 3e-3 ... 3)")
     flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     flow.add_argument("--quiet", action="store_true", help="no progress bars")
+    flow.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
+                      help="CPU devices the optax and flow runs split their batch over (data "
+                      "parallel; default one)")
+    _add_distributed_arguments(flow)
 
 
 def _add_study_parser(commands):
@@ -182,7 +186,7 @@ def _add_launch_parser(commands):
     """`stiffnode launch -n P -- COMMAND ...`: P local processes of one JAX program."""
     launch = commands.add_parser(
         "launch",
-        help="run a command as several local JAX processes (one CPU device each)",
+        help="run study or flow as several local JAX processes (one CPU device each)",
         description="Start P processes of `stiffnode COMMAND ...` on this machine, joined "
         "by JAX's multi-controller runtime (a coordinator on 127.0.0.1), each with one CPU "
         "device unless --cpu-devices is given; exits with the first failure's status. On a "
@@ -194,7 +198,7 @@ def _add_launch_parser(commands):
     launch.add_argument("--port", type=_positive_int, default=None,
                         help="the coordinator's port (default: a free one)")
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
-                        help="the stiffnode command and its arguments (study)")
+                        help="the stiffnode command and its arguments (study or flow)")
 
 
 def _request_cpu_devices(n: int) -> None:
@@ -232,8 +236,8 @@ def _run(args: argparse.Namespace) -> int:
         from .distributed import launch
 
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        if not argv or argv[0] != "study":
-            raise ValueError("launch runs `study` (give: launch -n P -- study ...)")
+        if not argv or argv[0] not in ("study", "flow"):
+            raise ValueError("launch runs `study` or `flow` (give: launch -n P -- study ...)")
         return launch(args.num_processes, argv, port=args.port)
     if args.command == "demo":
         from .studies.demo import demo
@@ -259,12 +263,21 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(summary, indent=2))
             print(f"wrote {Path(args.out) / 'summary.json'}")
     elif args.command == "flow":
+        from . import distributed
         from .studies.flow_training import run_study as run_flow_study
 
-        run_flow_study(args.task, args.out, updates=args.updates, budget=args.budget,
-                       seed_time=args.seed_time, seed_budget=args.seed_budget,
-                       methods=args.methods, learning_rates=args.learning_rates,
-                       seed=args.seed, progress=not args.quiet)
-        print((Path(args.out) / "table.md").read_text(), end="")
-        print(f"wrote {Path(args.out) / 'summary.json'}")
+        if args.cpu_devices is not None:
+            _request_cpu_devices(args.cpu_devices)
+        if args.coordinator is not None or args.distributed:
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        main_process = distributed.is_main()
+        with distributed.naming_lost_processes():
+            run_flow_study(args.task, args.out, updates=args.updates, budget=args.budget,
+                           seed_time=args.seed_time, seed_budget=args.seed_budget,
+                           methods=args.methods, learning_rates=args.learning_rates,
+                           seed=args.seed, progress=not args.quiet and main_process,
+                           devices=jax.devices())
+        if main_process:
+            print((Path(args.out) / "table.md").read_text(), end="")
+            print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

@@ -20,10 +20,12 @@ Two comparisons, each side by side in one run:
 methods already there), `history.json`, `table.md` and PNGs.
 """
 
+import dataclasses
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from jaxtyping import Array, PyTree
 from .. import checkpoints
 from .._validation import positive_int, positive_number
 from ..data.datasets import alpine02_dataset, digits_dataset
+from ..distributed import is_main, shard_batch
 from ..flow import GradientFlowField, flow_solver, gradient_flow, run
 from ..flow.scipy_baseline import scipy_gradient_flow
 from ..models import ResNet
@@ -50,15 +53,36 @@ from .flow_report import plot_study, table
 
 @dataclass(frozen=True)
 class FlowTask:
-    """A loss over parameters `params` (the model's inexact arrays; `static` the rest) and
-    the metrics reported for them."""
+    """A loss over parameters `params` (the model's inexact arrays; `static` the rest):
+    `loss_on(params, **batch)` on the training `batch` (with per-sample weights `w`, so that
+    zero-weight padding can make it split evenly over devices), and the metrics reported."""
 
     name: str
     params: PyTree[Array]
-    loss: Callable[[PyTree[Array]], Array]
+    loss_on: Callable[..., Array]
+    batch: dict[str, Array]
     metrics: Callable[[PyTree[Array]], dict[str, float]]
     test_metric: str  # the key of `metrics` that is the test score
     description: str
+
+    def loss(self, params: PyTree[Array]) -> Array:
+        """The training loss `loss_on(params, **batch)`."""
+        return self.loss_on(params, **self.batch)
+
+
+def split_over_devices(task: FlowTask, devices) -> FlowTask:
+    """`task` with its training batch padded (zero weights) to a multiple of the number of
+    `devices` and split over them (`distributed.shard_batch`): every loss, gradient and
+    Hessian-vector product then runs data-parallel, across processes too."""
+    n, d = len(task.batch["w"]), len(devices)
+    pad = -n % d
+
+    def padded(x):
+        x = np.asarray(x)
+        return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+
+    batch = shard_batch({k: padded(v) for k, v in task.batch.items()}, devices)
+    return dataclasses.replace(task, batch=batch)
 
 
 def digits_task(seed: int = 0, hidden: int = 16) -> FlowTask:
@@ -73,21 +97,25 @@ def digits_task(seed: int = 0, hidden: int = 16) -> FlowTask:
     def logits(p, x):
         return jax.vmap(eqx.combine(p, static))(x)
 
-    def loss(p):
-        z = logits(p, data.x_train)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, data.y_train))
+    def loss_on(p, x, y, w):
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y)
+        return jnp.sum(w * ce) / jnp.sum(w)
+
+    batch = {"x": data.x_train, "y": data.y_train, "w": jnp.ones(len(data.y_train))}
 
     @jax.jit
     def metrics(p):
         train_acc = jnp.mean(jnp.argmax(logits(p, data.x_train), -1) == data.y_train)
         test_acc = jnp.mean(jnp.argmax(logits(p, data.x_test), -1) == data.y_test)
-        return {"train_loss": loss(p), "train_accuracy": train_acc, "test_accuracy": test_acc}
+        train_loss = loss_on(p, **batch)
+        return {"train_loss": train_loss, "train_accuracy": train_acc, "test_accuracy": test_acc}
 
     n = ravel_pytree(params)[0].size
     return FlowTask(
         "digits",
         params,
-        loss,
+        loss_on,
+        batch,
         metrics,
         "test_accuracy",
         f"tanh MLP 64-{hidden}-10 ({n:,} parameters) on sklearn digits "
@@ -102,19 +130,23 @@ def alpine02_task(seed: int = 0, width: int = 20, depth: int = 10) -> FlowTask:
     model = ResNet(2, 1, width, depth, key=jax.random.key(seed), dtype=jnp.float64)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def loss(p):
-        return model_mse(eqx.combine(p, static), data.x_train, data.y_train)
+    def loss_on(p, x, y, w):
+        squared = (jax.vmap(eqx.combine(p, static))(x) - y) ** 2
+        return jnp.sum(w[:, None] * squared) / (jnp.sum(w) * y.shape[1])
+
+    batch = {"x": data.x_train, "y": data.y_train, "w": jnp.ones(len(data.y_train))}
 
     @jax.jit
     def metrics(p):
         test_mse = model_mse(eqx.combine(p, static), data.x_test, data.y_test)
-        return {"train_loss": loss(p), "test_mse": test_mse}
+        return {"train_loss": loss_on(p, **batch), "test_mse": test_mse}
 
     n = ravel_pytree(params)[0].size
     return FlowTask(
         "alpine02",
         params,
-        loss,
+        loss_on,
+        batch,
         metrics,
         "test_mse",
         f"ResNet width {width} depth {depth} ({n:,} parameters) on Alpine02 (900 train / "
@@ -194,11 +226,12 @@ def _tune(task, name, updates, learning_rates):
     """The learning rate of `learning_rates` with the lowest final train loss. Rates whose
     run diverged (`train.has_diverged`: a non-finite final loss, or one far above the
     start) are left out; if all did, a `ValueError` says so."""
-    start = float(task.loss(task.params))
+    start = float(jax.jit(task.loss_on)(task.params, **task.batch))
     best = None
     for lr in learning_rates:
         try:
-            r = run(task.loss, task.params, OPTIMIZERS[name](lr), max_updates=updates)
+            r = run(task.loss_on, task.params, OPTIMIZERS[name](lr), max_updates=updates,
+                    batches=itertools.repeat(task.batch))  # fmt: skip
         except FloatingPointError:
             continue
         final = r.history["loss"][-1]
@@ -305,6 +338,7 @@ def run_study(
     seed: int = 0,
     progress: bool = True,
     plot: bool = True,
+    devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Run the comparison on `task` ("digits" or "alpine02") and write `out/`.
 
@@ -317,6 +351,11 @@ def run_study(
         methods: a subset of `sgd momentum adam flow-tsit5 flow-kvaerno5 flow-bdf
             flow-rodas3 seed`
             (default all; `adam` always runs: its loss is the target).
+        devices: the optax and flow runs split their training batch over these devices
+            (`split_over_devices`; data parallel, over every process's devices when JAX runs
+            as several, `stiffnode.distributed`: then the default is `jax.devices()`, and
+            process 0 writes the files); default one device. The seed comparison (a scipy
+            host loop) runs on one device in every process.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
@@ -335,8 +374,12 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary_path, history_path = out / "summary.json", out / "history.json"
+    if devices is None and jax.process_count() > 1:
+        devices = jax.devices()
     with jax.enable_x64(True):
         ftask = TASKS[task](seed)
+        # (the optax and flow runs data parallel when there are several devices)
+        ptask = ftask if devices is None or len(devices) < 2 else split_over_devices(ftask, devices)
         summary = checkpoints.read_json_or_set_aside(summary_path, {})
         histories = checkpoints.read_json_or_set_aside(history_path, {})
         summary.setdefault(
@@ -353,13 +396,15 @@ def run_study(
             summary[name] = entry
             if history is not None:
                 histories[name] = history
-                checkpoints.write_text(history_path, json.dumps(histories))
-            checkpoints.write_text(summary_path, json.dumps(summary, indent=1))
+            if is_main():  # (over several processes, process 0 writes)
+                if history is not None:
+                    checkpoints.write_text(history_path, json.dumps(histories))
+                checkpoints.write_text(summary_path, json.dumps(summary, indent=1))
 
         for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
             if name in summary:
                 continue
-            lr, _, r = _tune(ftask, name, updates, learning_rates)
+            lr, _, r = _tune(ptask, name, updates, learning_rates)
             save(
                 name,
                 _entry(
@@ -399,7 +444,7 @@ def run_study(
                 )
                 continue
             opt = gradient_flow(
-                ftask.loss,
+                ptask.loss_on,
                 solver,
                 window=optax.exponential_decay(1.0, 1, 2.0),
                 rtol=FLOW_TOLERANCES[solver],
@@ -407,9 +452,10 @@ def run_study(
                 max_steps=FLOW_MAX_STEPS,
             )
             r = run(
-                ftask.loss,
-                ftask.params,
+                ptask.loss_on,
+                ptask.params,
                 opt,
+                batches=itertools.repeat(ptask.batch),
                 max_updates=60,
                 target_loss=target,
                 max_wall_time=budget,
@@ -436,7 +482,8 @@ def run_study(
             seed_comparison(
                 ftask, seed_time, seed_budget, seed_entry, lambda: save("seed", seed_entry)
             )
-    if plot:
-        plot_study(summary, histories, out)
-    checkpoints.write_text(out / "table.md", table(summary))
+    if is_main():
+        if plot:
+            plot_study(summary, histories, out)
+        checkpoints.write_text(out / "table.md", table(summary))
     return summary
