@@ -422,7 +422,8 @@ def train_trials(
         return state, _host_trials(metrics, num)
 
     spread = _spread(state, devices, num)
-    if any(d.process_index != jax.process_index() for d in devices):
+    across_processes = any(d.process_index != jax.process_index() for d in devices)
+    if across_processes:
         # Each process checkpoints its own devices' trials (no traffic between processes).
         host_state = dict(
             to_host=_local_share,
@@ -452,12 +453,19 @@ def train_trials(
     )
     params = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state.params, num))
     models = eqx.combine(params, static)
-    final = final_metrics(
-        models,
-        (x, y, x_test, y_test),
-        proxy_samples=config.proxy_samples,
-        skip=result.diverged_at > 0,
-    )
+    skip = result.diverged_at > 0
+    if across_processes:  # each process evaluates its own trials (host work: eigenvalues)
+        mine = _owned_trials(result.state.params)
+        own_skip = np.array([i >= num or skip[i] for i in mine])  # (padding: skipped)
+        own = jax.tree_util.tree_map(jnp.asarray, _local_share(result.state.params))
+        own_models = eqx.combine(own, static)
+        own_final = final_metrics(own_models, (x, y, x_test, y_test),
+                                  proxy_samples=config.proxy_samples, skip=own_skip)  # fmt: skip
+        final = _gather_owned(own_final, devices, len(jax.tree_util.tree_leaves(spread)[0]))
+        final = {k: v[:num] for k, v in final.items()}
+    else:
+        final = final_metrics(models, (x, y, x_test, y_test),
+                              proxy_samples=config.proxy_samples, skip=skip)  # fmt: skip
     epochs = np.arange(1, config.epochs // config.eval_every + 1) * config.eval_every
     return TrialsResult(
         models, result.history, epochs, final, result.wall_time_s, result.diverged_at
@@ -511,6 +519,23 @@ def _from_local_share(host, devices: Sequence[jax.Device], like):
     return jax.tree_util.tree_map(
         lambda h, a: jax.make_array_from_process_local_data(sharding, h, a.shape), host, like
     )
+
+
+def _owned_trials(tree) -> np.ndarray:
+    """The trial indices (padded numbering) of this process's devices' shards, in the order
+    `_local_share` returns their rows."""
+    shards = sorted(jax.tree_util.tree_leaves(tree)[0].addressable_shards,
+                    key=lambda s: s.index[0].start or 0)  # fmt: skip
+    return np.concatenate([np.arange(s.index[0].start or 0, s.index[0].stop) for s in shards])
+
+
+def _gather_owned(own: dict[str, np.ndarray], devices, total: int) -> dict[str, np.ndarray]:
+    """Every process's `own` rows (float64, carried bit for bit as pairs of uint32) put
+    together in trial order on every process."""
+    like = {k: np.empty((total, 2), np.uint32) for k in own}
+    local = {k: np.asarray(v, np.float64).view(np.uint32).reshape(-1, 2) for k, v in own.items()}
+    gathered = to_host(_from_local_share(local, devices, like))
+    return {k: np.ascontiguousarray(v).view(np.float64).reshape(-1) for k, v in gathered.items()}
 
 
 def _host_trials(tree, num: int):
