@@ -172,3 +172,23 @@ def test_tuning_leaves_out_diverged_rates_and_says_when_all_diverged():
         flow_training._tune(task, "adam", 5, [1e308])
     lr, final, _ = flow_training._tune(task, "adam", 5, [1e300, 1e-2])
     assert lr == 1e-2 and np.isfinite(final) and final < float(task.loss(task.params))
+
+
+def test_split_over_devices_pads_with_zero_weights():
+    """Five samples over the two test devices: padded to six with a zero-weight sample, split
+    one share per device; the loss is the unpadded one."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x, y, p = rng.normal(size=(5, 3)), rng.normal(size=5), rng.normal(size=3)
+
+    def loss_on(p, x, y, w):
+        return jnp.sum(w * (x @ p - y) ** 2) / jnp.sum(w)
+
+    task = flow_training.FlowTask("toy", p, loss_on, {"x": x, "y": y, "w": np.ones(5)},
+                                  metrics=dict, test_metric="", description="")  # fmt: skip
+    split = flow_training.split_over_devices(task, jax.devices())
+    assert split.batch["x"].shape == (6, 3) and float(split.batch["w"][5]) == 0.0
+    assert len(split.batch["x"].sharding.device_set) == 2
+    # float32 sums in another order: a few ulps.
+    np.testing.assert_allclose(jax.jit(split.loss_on)(p, **split.batch), task.loss(p), rtol=1e-6)

@@ -487,10 +487,13 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
     state = jax.tree_util.tree_map(
         lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), jax.device_get(state)
     )
+    return jax.device_put(state, _trial_sharding(devices))
+
+
+def _trial_sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+    """The leading (trial) axis split over `devices`."""
     mesh = jax.sharding.Mesh(np.asarray(devices), ("trials",))
-    return jax.device_put(
-        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
-    )
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
 
 
 def process_checkpoint(checkpoint: str | os.PathLike, devices: Sequence[jax.Device]) -> Path:
@@ -502,20 +505,21 @@ def process_checkpoint(checkpoint: str | os.PathLike, devices: Sequence[jax.Devi
     return path.with_name(f"{path.stem}.{tag}{path.suffix}")
 
 
+def _own_shards(a: jax.Array) -> list:
+    """This process's shards of `a` (split along the trial axis), in trial order."""
+    return sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+
+
 def _local_share(tree):
     """This process's trials of every leaf (its devices' shards, in order), as numpy."""
-
-    def rows(a):
-        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
-        return np.concatenate([np.asarray(s.data) for s in shards])
-
-    return jax.tree_util.tree_map(rows, tree)
+    return jax.tree_util.tree_map(
+        lambda a: np.concatenate([np.asarray(s.data) for s in _own_shards(a)]), tree
+    )
 
 
 def _from_local_share(host, devices: Sequence[jax.Device], like):
     """`_local_share`'s inverse: global arrays shaped and sharded like `like`."""
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("trials",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+    sharding = _trial_sharding(devices)
     return jax.tree_util.tree_map(
         lambda h, a: jax.make_array_from_process_local_data(sharding, h, a.shape), host, like
     )
@@ -524,8 +528,7 @@ def _from_local_share(host, devices: Sequence[jax.Device], like):
 def _owned_trials(tree) -> np.ndarray:
     """The trial indices (padded numbering) of this process's devices' shards, in the order
     `_local_share` returns their rows."""
-    shards = sorted(jax.tree_util.tree_leaves(tree)[0].addressable_shards,
-                    key=lambda s: s.index[0].start or 0)  # fmt: skip
+    shards = _own_shards(jax.tree_util.tree_leaves(tree)[0])
     return np.concatenate([np.arange(s.index[0].start or 0, s.index[0].stop) for s in shards])
 
 
