@@ -96,12 +96,19 @@ def _parameters() -> int:
     return sum(np.size(x) for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
 
 
+RECORD_METRICS = 7  # per trial per record: loss, ER, GE, l2_norm, lr, frobenius, gelfand
+
+
 def weak_scaling(epoch_s: float, fixed_s: float, params: int, state_bytes: dict) -> dict:
     """The seed study (75 trials, 1,000 epochs, records every 10) and a weak-scaling study
     (25 trials per host) on H hosts of one device each, from this machine's per-trial
-    epoch time `epoch_s` (one device) and fixed cost `fixed_s`."""
+    epoch time `epoch_s` (one device) and fixed cost `fixed_s`. Traffic as the study runs
+    (`train_trials(keep_models=False)`): every process receives every trial's record
+    metrics (float32) and, at the end, final metrics (float64); no parameters."""
+    from stiffnode.training.trials import FINAL_METRICS
+
     epochs, every, seed_trials = 1000, 10, 3 * TRIALS  # RES, RES L2, RES stiff
-    param_bytes = 4 * params  # float32
+    record_bytes, final_bytes = 4 * RECORD_METRICS, 8 * len(FINAL_METRICS)
     rows = {}
     for hosts in HOSTS:
         weak_trials = hosts * TRIALS
@@ -110,15 +117,29 @@ def weak_scaling(epoch_s: float, fixed_s: float, params: int, state_bytes: dict)
             "seed_study_idle_hosts": max(0, hosts - seed_trials),
             "weak_wall_s": fixed_s + TRIALS * epochs * epoch_s,
             "traffic_per_epoch_bytes": 0,
-            "weak_received_per_record_bytes_per_host": weak_trials * 8,  # ER, GE (float32)
-            "weak_received_at_end_bytes_per_host": weak_trials * param_bytes,
-            "weak_received_total_bytes_per_host": weak_trials * (8 * epochs // every + param_bytes),
+            "weak_received_per_record_bytes_per_host": weak_trials * record_bytes,
+            "weak_received_at_end_bytes_per_host": weak_trials * final_bytes,
+            "weak_received_total_bytes_per_host": weak_trials
+            * (record_bytes * (epochs // every) + final_bytes),
+            "models_if_kept_bytes_per_host": weak_trials * 4 * params,
             "checkpoint_written_per_host_bytes": {
                 model: TRIALS * size for model, size in state_bytes.items()
             },
             "flow_allreduce_bytes_per_host_per_evaluation": 2 * (hosts - 1) / hosts * 8 * params,
         }
     return rows
+
+
+def model(record: dict) -> dict:
+    """`record` with the model sizes and the weak-scaling model from its measurements."""
+    one = record["configs"]["1 process x 1 device"]
+    params, state_bytes = _parameters(), _state_bytes()
+    record["model"] = {"parameters": params, "state_bytes_per_trial": state_bytes,
+                       "trial_epoch_s_one_device": one["epoch_s"] / TRIALS,
+                       "fixed_s": one["fixed_s"], "seed_per_trial_s": SEED_TRIAL_S}  # fmt: skip
+    record["weak_scaling"] = weak_scaling(one["epoch_s"] / TRIALS, one["fixed_s"], params,
+                                          state_bytes)  # fmt: skip
+    return record
 
 
 def main(epochs: tuple[int, int]) -> dict:
@@ -156,12 +177,7 @@ def main(epochs: tuple[int, int]) -> dict:
         / configs["1 process x 2 devices"]["runs"][1]["command_wall_s"]
     )
     record["parallel_efficiency_1_to_2_processes"] = one / (2 * two_proc)
-    params, state_bytes = _parameters(), _state_bytes()
-    fixed = configs["1 process x 1 device"]["fixed_s"]
-    record["model"] = {"parameters": params, "state_bytes_per_trial": state_bytes,
-                       "trial_epoch_s_one_device": one / TRIALS, "fixed_s": fixed,
-                       "seed_per_trial_s": SEED_TRIAL_S}  # fmt: skip
-    record["weak_scaling"] = weak_scaling(one / TRIALS, fixed, params, state_bytes)
+    model(record)
     OUT.write_text(json.dumps(record, indent=2))
     print(json.dumps({k: v for k, v in record.items() if k not in ("environment", "configs")},
                      indent=2))  # fmt: skip
@@ -171,4 +187,10 @@ def main(epochs: tuple[int, int]) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, nargs=2, default=(50, 150), metavar=("E1", "E2"))
-    main(tuple(parser.parse_args().epochs))
+    parser.add_argument("--model-only", action="store_true",
+                        help="recompute the model from the measurements in the JSON")  # fmt: skip
+    args = parser.parse_args()
+    if args.model_only:
+        OUT.write_text(json.dumps(model(json.loads(OUT.read_text())), indent=2))
+    else:
+        main(tuple(args.epochs))

@@ -200,6 +200,7 @@ def run_study(
                 progress=progress,
                 checkpoint=ckpt,
                 description=f"{task} {model} ({len(group)} trials)",
+                keep_models=False,  # (the trial files hold histories and final metrics)
             )
             for i, s in enumerate(group):
                 _write_trial(path[s], s, result, i, len(group), signature)

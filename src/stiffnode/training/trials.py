@@ -140,7 +140,7 @@ class TrialState(NamedTuple):
 class TrialsResult(NamedTuple):
     """What `train_trials` returns; every array has a leading trial axis."""
 
-    models: ResNet  # stacked: eqx.filter_vmap over it, or index with `trial_model`
+    models: ResNet | None  # stacked (`trial_model(models, i)`); None: not kept
     history: dict[str, np.ndarray]  # (trials, n_evals), recorded after epochs `epochs`
     epochs: np.ndarray  # (n_evals,) the epoch count after which each history entry was taken
     final: dict[str, np.ndarray]  # (trials,); NaN for a diverged trial
@@ -362,6 +362,7 @@ def train_trials(
     checkpoint_every_s: float = 60.0,
     description: str = "training",
     devices: Sequence[jax.Device] | None = None,
+    keep_models: bool = True,
 ) -> TrialsResult:
     """Train one ResNet per seed, all trials vmapped in one compiled program.
 
@@ -387,6 +388,9 @@ def train_trials(
             float32 training amplifies it: the POLLU study's medians differ by ~2% between
             1 and 2 devices after 150 epochs), not on how the devices are spread over
             processes.
+        keep_models: return the trained models; False: `TrialsResult.models` is None (the
+            study keeps histories and final metrics only), and over several processes no
+            trial's parameters are sent to the other processes.
 
     Returns:
         A `TrialsResult`: stacked models, history, final metrics (`final_metrics`), time.
@@ -451,8 +455,10 @@ def train_trials(
         checkpoint_every_s=checkpoint_every_s,
         **host_state,
     )
-    params = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state.params, num))
-    models = eqx.combine(params, static)
+    models = None
+    if keep_models or not across_processes:
+        params = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state.params, num))
+        models = eqx.combine(params, static)
     skip = result.diverged_at > 0
     if across_processes:  # each process evaluates its own trials (host work: eigenvalues)
         mine = _owned_trials(result.state.params)
@@ -468,7 +474,12 @@ def train_trials(
                               proxy_samples=config.proxy_samples, skip=skip)  # fmt: skip
     epochs = np.arange(1, config.epochs // config.eval_every + 1) * config.eval_every
     return TrialsResult(
-        models, result.history, epochs, final, result.wall_time_s, result.diverged_at
+        models if keep_models else None,
+        result.history,
+        epochs,
+        final,
+        result.wall_time_s,
+        result.diverged_at,
     )
 
 
