@@ -74,6 +74,7 @@ def test_a_killed_process_loses_nothing_finished(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("wrote") == 1  # process 0 reports, process 1 does not
     assert {f.name: f.stat().st_mtime_ns for f in res.iterdir()} == written  # not retrained
+    assert not list((out / "checkpoints").glob("*.npz"))  # every process's, once finished
     two = json.loads((out / "summary.json").read_text())
     one = seed_resnet.run_study("alpine02", out=tmp_path / "one", trials=2, epochs=2,
                                 models=("RES", "RES L2"), progress=False)  # fmt: skip

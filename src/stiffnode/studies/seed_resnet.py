@@ -19,13 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from .. import checkpoints
 from .._validation import positive_int
 from ..distributed import agree
-from ..training.trials import PENALTIES, TrainConfig, process_checkpoint, train_trials
+from ..training.trials import PENALTIES, TrainConfig, train_trials
 
 MODELS: dict[str, tuple[str, float]] = {
     "RES": ("none", 0.0),
@@ -205,7 +204,8 @@ def run_study(
             for i, s in enumerate(group):
                 _write_trial(path[s], s, result, i, len(group), signature)
                 finished[s] = checkpoints.load(path[s])[0]
-            for f in (ckpt, process_checkpoint(ckpt, jax.devices())):
+            # The group's checkpoint, and each process's of any layout (`process_checkpoint`)
+            for f in ckpt.parent.glob(f"{ckpt.stem}*{ckpt.suffix}"):
                 f.unlink(missing_ok=True)
         results[model] = [finished[s] for s in seeds]
 
