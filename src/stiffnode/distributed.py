@@ -142,6 +142,17 @@ def same_on_every_process(value) -> bool:
     return bool(np.all(values == values[:1]))
 
 
+def on_other_processes(devices: Sequence[jax.Device]) -> bool:
+    """Some of `devices` belong to another process."""
+    return any(d.process_index != jax.process_index() for d in devices)
+
+
+def leading_axis_sharding(devices: Sequence[jax.Device], axis: str):
+    """A 1-D mesh over `devices`, the leading axis of an array split over it."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), (axis,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+
 def shard_batch(batch, devices=None):
     """`batch` (a pytree of arrays with a leading sample axis) split along that axis over
     `devices` (default every device of every process): data parallelism. A jitted loss or
@@ -150,8 +161,7 @@ def shard_batch(batch, devices=None):
     trajectory equals the one-device one to round-off. Every process passes the same
     `batch`. The sample count must be a multiple of the number of devices."""
     devices = list(jax.devices() if devices is None else devices)
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    sharding = leading_axis_sharding(devices, "batch")
 
     def put(x):
         x = np.asarray(x)

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, PyTree
 
 from ._validation import positive_int
-from .distributed import to_host
+from .distributed import leading_axis_sharding, on_other_processes, to_host
 from .solve import Solution, VectorField, solve
 
 _AXIS = "members"
@@ -116,7 +116,7 @@ def solve_ensemble(
     y0_all = _pad(y0, batch_y0, total)
     args_all = _pad(args, batch_args, total)
     layout = (batch_y0, batch_args, chunk, tuple(devices))
-    other_processes = any(d.process_index != jax.process_index() for d in devices)
+    other_processes = on_other_processes(devices)
     if other_processes:  # each process puts its devices' shares (the same values everywhere)
         y0_all, args_all = _put_members(y0_all, args_all, batch_y0, batch_args, devices)
     sol = _solve_members(vector_field, y0_all, args_all, t0, t1, layout, solve_kwargs)
@@ -133,12 +133,11 @@ def solve_ensemble(
 def _put_members(y0, args, batch_y0: bool, batch_args: bool, devices):
     """The padded members as global arrays over `devices`, split along the member axis (or
     replicated where not batched), each process putting its own devices' shares."""
-    mesh = Mesh(np.asarray(devices), (_AXIS,))
+    split = leading_axis_sharding(devices, _AXIS)
+    replicated = jax.sharding.NamedSharding(split.mesh, PartitionSpec())
 
     def put(tree, batched):
-        sharding = jax.sharding.NamedSharding(
-            mesh, PartitionSpec(_AXIS) if batched else PartitionSpec()
-        )
+        sharding = split if batched else replicated
         return jax.tree.map(
             lambda x: jax.device_put(np.asarray(x), sharding) if eqx.is_array(x) else x, tree
         )

@@ -27,7 +27,7 @@ import optax
 from jaxtyping import Array
 
 from .._validation import non_negative_number, positive_int, positive_number
-from ..distributed import to_host
+from ..distributed import leading_axis_sharding, on_other_processes, to_host
 from ..models import ResNet
 from ..stiffness import (
     amortised_power_init,
@@ -426,7 +426,7 @@ def train_trials(
         return state, _host_trials(metrics, num)
 
     spread = _spread(state, devices, num)
-    across_processes = any(d.process_index != jax.process_index() for d in devices)
+    across_processes = on_other_processes(devices)
     if across_processes:
         # Each process checkpoints its own devices' trials (no traffic between processes).
         host_state = dict(
@@ -498,13 +498,7 @@ def _spread(state, devices: Sequence[jax.Device], num: int):
     state = jax.tree_util.tree_map(
         lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), jax.device_get(state)
     )
-    return jax.device_put(state, _trial_sharding(devices))
-
-
-def _trial_sharding(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
-    """The leading (trial) axis split over `devices`."""
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("trials",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+    return jax.device_put(state, leading_axis_sharding(devices, "trials"))
 
 
 def process_checkpoint(checkpoint: str | os.PathLike, devices: Sequence[jax.Device]) -> Path:
@@ -530,7 +524,7 @@ def _local_share(tree):
 
 def _from_local_share(host, devices: Sequence[jax.Device], like):
     """`_local_share`'s inverse: global arrays shaped and sharded like `like`."""
-    sharding = _trial_sharding(devices)
+    sharding = leading_axis_sharding(devices, "trials")
     return jax.tree_util.tree_map(
         lambda h, a: jax.make_array_from_process_local_data(sharding, h, a.shape), host, like
     )
