@@ -48,6 +48,26 @@ def test_lazy_cond_runs_the_expensive_branch_only_when_a_lane_needs_it():
     assert calls.n == 4  # once, batched over the lanes
 
 
+def test_lazy_cond_per_lane_runs_only_the_lanes_that_need_it():
+    calls = Counter()
+
+    def expensive(x):
+        jax.debug.callback(calls, x)
+        return jnp.sin(x)
+
+    @jax.jit
+    @jax.vmap
+    def f(pred, x):
+        return lazy_cond(pred, expensive, lambda x: 2 * x, x, per_lane=True)
+
+    x = jnp.arange(5.0)
+    for pred in ([0, 0, 0, 0, 0], [0, 1, 0, 0, 1], [1, 1, 1, 1, 1]):
+        pred = jnp.asarray(pred, bool)
+        calls.n = 0
+        np.testing.assert_array_equal(f(pred, x), jnp.where(pred, jnp.sin(x), 2 * x))
+        assert calls.n == int(pred.sum())  # unbatched, once per lane that needs it
+
+
 def _counted_field(calls):
     def field(t, y, rate):
         jax.debug.callback(calls, y, rate)  # batched arguments: one call per lane
@@ -108,7 +128,9 @@ def test_vmapped_lanes_equal_the_one_by_one_solves(solver):
 def test_vmapped_pollu_bdf_returns_at_batch_64():
     """jax.jit(jax.vmap(solve)) of 64 POLLU variants with BDF: from 32 members on, this
     deadlocked XLA:CPU (jaxlib 0.10.2) when BDF's conditionals were selects. Run in a child
-    process under a timeout, since a deadlock cannot be interrupted in-process."""
+    process under a timeout, since a deadlock cannot be interrupted in-process. POLLU's 20
+    states are above the unrolled LU's size: each lane is factorised on its own
+    (`lazy_cond(per_lane=True)`), and lanes equal their one-by-one solves, counts included."""
     script = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, numpy as np
@@ -120,11 +142,18 @@ def test_vmapped_pollu_bdf_returns_at_batch_64():
 
         def one(ui):
             k = base.at[jnp.arange(15)].multiply(2.0**ui)
-            return sn.solve(p.vector_field, y0, p.t0, p.t1, args=k, solver="bdf",
-                            rtol=1e-7, atol=1e-12).ys[-1]
+            sol = sn.solve(p.vector_field, y0, p.t0, p.t1, args=k, solver="bdf",
+                           rtol=1e-7, atol=1e-12)
+            return sol.ys[-1], sol.stats
 
-        out = jax.jit(jax.vmap(one))(u).block_until_ready()
+        out, stats = jax.block_until_ready(jax.jit(jax.vmap(one))(u))
         assert out.shape == (64, 20) and bool(jnp.all(jnp.isfinite(out)))
+        single = jax.jit(one)
+        for i in range(3):
+            alone, alone_stats = single(u[i])
+            np.testing.assert_allclose(out[i], alone, rtol=1e-10, atol=1e-18)
+            for key, value in alone_stats.items():
+                np.testing.assert_array_equal(stats[key][i], value, err_msg=key)
         print("ok")
         """
     )

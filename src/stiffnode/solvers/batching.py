@@ -24,10 +24,17 @@ def _select(pred, on_true, on_false):
     return jax.tree.map(one, on_true, on_false)
 
 
-def lazy_cond(pred, true_fun: Callable, false_fun: Callable, *operands: Any):
+def lazy_cond(
+    pred, true_fun: Callable, false_fun: Callable, *operands: Any, per_lane: bool = False
+):
     """`lax.cond(pred, true_fun, false_fun, *operands)`; under `vmap` with a batched `pred`,
     `true_fun` runs only when `any(pred)` (for all lanes, then selected lane by lane) and
     `false_fun` always, so `false_fun` should be the cheap branch.
+
+    `per_lane=True`: under `vmap`, `true_fun` runs unbatched for the lanes whose `pred` holds
+    only, one after another. For work that does not vectorise across lanes anyway (a LAPACK
+    factorisation runs one matrix after another): it then costs the lanes that need it, not
+    all of them.
 
     Both branches must return the same structure, as for `lax.cond`. Everything that may
     be batched must be passed in `operands` (pytrees; their non-array leaves, e.g. a vector
@@ -62,6 +69,21 @@ def lazy_cond(pred, true_fun: Callable, false_fun: Callable, *operands: Any):
 
             def some(ops):
                 return _select(pred, on_true(ops), on_false(ops))
+
+            def each(ops):
+                out = on_false(ops)
+                count = jnp.sum(pred.astype(jnp.int32))
+                (lanes,) = jnp.nonzero(pred, size=axis_size, fill_value=0)
+
+                def body(j, out):
+                    i = lanes[j]
+                    new = call(true_fun)(jax.tree.map(lambda x: x[i], ops))
+                    return jax.tree.map(lambda o, v: o.at[i].set(v), out, new)
+
+                return jax.lax.fori_loop(0, count, body, out)
+
+            if per_lane:
+                some = each
 
             out = jax.lax.cond(jnp.any(pred), some, on_false, operands)
         return out, jax.tree.map(lambda _: True, out)
