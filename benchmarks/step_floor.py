@@ -13,6 +13,13 @@ kernels per step x time per kernel is the floor of this program's time per step;
 compiled BDF (diffsol) takes ~0.6 us per step on the same problem
 (`stiff_solvers.py --only single`).
 
+For a batch (`batched_pollu`): 16 POLLU members vmapped, as `solve_ensemble` runs each of
+its chunks: the time per member and step, and the part of it that LAPACK's calls take
+alone (a member's LU, and the triangular solves of every Newton iteration, one member
+after another), measured on their own and multiplied by their counts per step. That part
+does not vectorise across members; diffsol's whole step (`stiff_solvers.py --only
+ensembles`) is the comparison.
+
 Run: `python benchmarks/step_floor.py`; writes `results/step_floor.json`.
 """
 
@@ -28,9 +35,11 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 import stiffnode as sn  # noqa: E402
 from _common import RESULTS, environment  # noqa: E402
+from stiffnode.solvers.dense_lu import lu_factor, lu_solve  # noqa: E402
 
 OUT = Path(RESULTS) / "step_floor.json"
 TRIVIAL = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
@@ -81,6 +90,85 @@ def kernel_cost(repeats: int = 7, iterations: int = 1000) -> dict:
     }
 
 
+def _lapack_costs(n: int, members: int, repeats: int, iterations: int = 300) -> dict:
+    """Seconds of one `n x n` LU (LAPACK, unbatched: the batched BDF factorises the members
+    that need it one after another) and of one pair of triangular solves for `members`
+    vmapped members (one LAPACK call each, looping over the members)."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(n, n)) + n * np.eye(n))
+    b = jnp.asarray(rng.normal(size=(members, n)))
+
+    def factor_loop(a):
+        return jax.lax.fori_loop(0, iterations, lambda i, a: a + 1e-12 * lu_factor(a).lu, a)
+
+    factors = lu_factor(a)
+    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (members, *x.shape)), factors)
+
+    def solve_loop(f, b):
+        return jax.lax.fori_loop(0, iterations, lambda i, x: 0.5 * lu_solve(f, x) + b, b)
+
+    return {
+        "lu_seconds": _median_seconds(jax.jit(factor_loop), a, repeats=repeats) / iterations,
+        "solve_pair_seconds_batch": _median_seconds(
+            jax.jit(jax.vmap(solve_loop)), batched, b, repeats=repeats
+        )
+        / iterations,
+    }
+
+
+def batched_pollu(members: int = 16, repeats: int = 7) -> dict:
+    """Per member and step: the measured time of `members` vmapped POLLU solves (rtol 1e-7,
+    atol 1e-12, the first 15 rates times 2^U(-1, 1): `pollu_batching.py`'s setting), the
+    part of it spent in LAPACK (its calls timed alone, times their counts per step) and
+    the kernels per step of the rest."""
+    p = sn.problems.pollu()
+    u = np.random.default_rng(0).uniform(-1, 1, (members, 15))
+    rates = jnp.asarray(p.args)[None].repeat(members, 0).at[:, :15].multiply(2.0 ** u)
+
+    def one(k):
+        sol = sn.solve(p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, args=k, solver="bdf",
+                       rtol=1e-7, atol=1e-12)  # fmt: skip
+        return sol.ys[-1], sol.stats
+
+    solve = jax.jit(jax.vmap(one))
+    wall = _median_seconds(solve, rates, repeats=repeats)
+    stats = {k: np.asarray(v) for k, v in solve(rates)[1].items() if np.ndim(v) == 1}
+    steps = int(stats["num_steps"].max())  # the batch steps until its slowest member is done
+    bodies = _loop_bodies(solve.lower(rates).compile().as_text())
+    ranked = sorted(bodies.values(), key=lambda ops: -sum(ops.values()))
+    step_body, newton_body = ranked[0], ranked[1]
+    newton_per_step = float(stats["num_newton_iters"].max() / steps)  # the slowest lane's
+    lus_per_step = float(stats["num_lu_decompositions"].sum() / steps)  # over the members
+    lapack = _lapack_costs(20, members, repeats)
+    lapack_per_step = (
+        lus_per_step * lapack["lu_seconds"] + newton_per_step * lapack["solve_pair_seconds_batch"]
+    )
+    record = {
+        "members": members,
+        "wall_seconds": wall,
+        "steps": steps,
+        "seconds_per_member_step": wall / steps / members,
+        "step_body_ops": step_body,
+        "newton_body_ops": newton_body,
+        "newton_iterations_per_step": newton_per_step,
+        "lu_decompositions_per_step": lus_per_step,
+        "kernels_per_step": sum(step_body.values()) + newton_per_step * sum(newton_body.values()),
+        "lapack": lapack,
+        "lapack_seconds_per_member_step": lapack_per_step / members,
+    }
+    print({k: v for k, v in record.items() if "seconds" in k or k == "kernels_per_step"})
+    return record
+
+
+def _diffsol_seconds_per_step(problem: str = "robertson") -> float | None:
+    """diffsol's seconds per step on `problem` in `stiff_solvers.json`'s single solves."""
+    path = Path(RESULTS) / "stiff_solvers.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text())["single"]["problems"][problem]["rows"]["diffsol"]
+    return row["seconds"] / row["steps"]
+
+
 def main(repeats: int = 15) -> dict:
     p = sn.problems.robertson()
 
@@ -99,6 +187,8 @@ def main(repeats: int = 15) -> dict:
     newton_per_step = stats["num_newton_iters"] / stats["num_steps"]
     kernels_per_step = sum(step_body.values()) + newton_per_step * sum(newton_body.values())
     cost = kernel_cost()
+    per_kernel = wall / stats["num_steps"] / kernels_per_step
+    diffsol = _diffsol_seconds_per_step()
     record = {
         "environment": environment(),
         "load_average": os.getloadavg(),
@@ -112,6 +202,13 @@ def main(repeats: int = 15) -> dict:
         "kernels_per_step": kernels_per_step,
         "kernel_cost": cost,
         "floor_seconds_per_step": kernels_per_step * cost["seconds_per_kernel"],
+        # What a kernel costs inside this program (the isolated kernel above sits behind an
+        # optimization barrier and costs more), and how many of them fit in 2x a compiled
+        # BDF's step (diffsol, from `stiff_solvers.py --only single`'s last run).
+        "seconds_per_kernel_in_the_step": per_kernel,
+        "diffsol_seconds_per_step": diffsol,
+        "kernels_per_step_for_2x_diffsol": None if diffsol is None else 2 * diffsol / per_kernel,
+        "batched_pollu": batched_pollu(),
     }
     OUT.write_text(json.dumps(record, indent=1) + "\n")
     print({k: v for k, v in record.items() if k not in ("environment", "stats")})
