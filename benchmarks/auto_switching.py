@@ -32,6 +32,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -126,21 +127,29 @@ def _size(y0):
     return sum(np.size(x) for x in jax.tree.leaves(y0))
 
 
-def _run(pb, solver, rtol, atol, history=0):
-    """A jitted solve; above 64 states the stiff solvers are matrix-free (GMRES on JVPs),
-    as `solver="auto"` makes its own choice."""
+def _solver(pb, solver, history=0):
+    """Above 64 states the stiff solvers are matrix-free (GMRES on JVPs), as `solver="auto"`
+    makes its own choice."""
     n = _size(pb["y0"])
-    s = solver
     if solver == "auto":
-        s = AutoSwitch.for_states(n, history=history)
-    elif solver in ("rodas5p", "bdf") and n > 64:
-        s = {"rodas5p": Rodas5P, "bdf": BDF}[solver](linear_solver="gmres")
+        return AutoSwitch.for_states(n, history=history)
+    if solver in ("rodas5p", "bdf") and n > 64:
+        return {"rodas5p": Rodas5P, "bdf": BDF}[solver](linear_solver="gmres")
+    return solver
+
+
+def _run(pb, solver, rtol, atol, history=0, stats=True, **kwargs):
+    """A jitted solve returning `y(t1)`, the result and (`stats=True`) `Solution.stats`.
+    Timed without the statistics: every solver then returns the same arrays (the automatic
+    solver has 14 more statistics, whose transfer would be timed too)."""
+    s = _solver(pb, solver, history) if isinstance(solver, str) else solver
 
     @jax.jit
     def run():
         sol = sn.solve(pb["f"], pb["y0"], 0.0, pb["t1"], args=pb["args"], solver=s, rtol=rtol,
-                       atol=atol, max_steps=MAX_STEPS, throw=False)  # fmt: skip
-        return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats, sol.result
+                       atol=atol, max_steps=MAX_STEPS, throw=False, **kwargs)  # fmt: skip
+        y = jax.tree.map(lambda y: y[-1], sol.ys)
+        return (y, sol.stats, sol.result) if stats else (y, sol.result)
 
     return run
 
@@ -174,9 +183,21 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def measure(name, repeats):
-    import diffrax
+def _interleaved_medians(runs: dict, repeats, min_seconds=0.5, max_rounds=2000) -> dict:
+    """Median wall time of each `run()`, timed round-robin (one of each per round, so that a
+    drift of the machine's speed touches all alike) for at least `repeats` rounds and until
+    each has run for `min_seconds` (a solve of 0.1 ms is timed a few thousand times)."""
+    times = {k: [] for k in runs}
+    rounds = 0
+    while rounds < repeats or (rounds < max_rounds
+                               and min(sum(t) for t in times.values()) < min_seconds):  # fmt: skip
+        for k, run in runs.items():
+            times[k].append(_timed(lambda run=run: jax.block_until_ready(run())))
+        rounds += 1
+    return {k: statistics.median(t) for k, t in times.items()}
 
+
+def measure(name, repeats):
     pb = _problem(name)
     atol = pb["atol"]
     n = _size(pb["y0"])
@@ -185,33 +206,36 @@ def measure(name, repeats):
                                                       atol * 1e-4)())  # fmt: skip
     ref = _flat(ref_y)
     scale = atol + RTOL * np.abs(ref)
-    rows = {}
+    rows, runs = {}, {}
     for solver in SOLVERS:
         if solver == "kvaerno5" and n > 64:
             rows[solver] = {"skipped": "dense implicit RK on > 64 states"}
             continue
-        run = _run(pb, solver, RTOL, atol)
+        run = _run(pb, solver, RTOL, atol, stats=False)
         start = time.perf_counter()
-        y, stats, result = jax.block_until_ready(run())
+        jax.block_until_ready(run())
         compile_s = time.perf_counter() - start
+        y, stats, result = jax.block_until_ready(_run(pb, solver, RTOL, atol)())
         ok = bool(result == diffrax.RESULTS.successful)
-        # (a run that did not finish is timed once: its time is the step budget's)
-        seconds = statistics.median(
-            _timed(lambda run=run: jax.block_until_ready(run()))
-            for _ in range(repeats if ok else 1)
-        )
         row = {
-            "seconds": seconds, "compile_seconds": compile_s, "finished": ok,
-            "steps": int(stats["num_steps"]),
+            "compile_seconds": compile_s, "finished": ok, "steps": int(stats["num_steps"]),
             "error": float(np.max(np.abs(_flat(y) - ref) / scale)),
         }  # fmt: skip
+        if ok:
+            runs[solver] = run
+        else:  # timed once: its time is the step budget's
+            row["seconds"] = _timed(run)
         if solver == "auto":
             row |= {k: np.asarray(stats[k]).tolist() for k in
                     ("num_switches", "switch_times", "num_steps_nonstiff", "num_steps_stiff",
                      "time_nonstiff", "time_stiff", "stiffness_max")}  # fmt: skip
         rows[solver] = row
-        print(name, solver, {k: row[k] for k in ("seconds", "finished", "steps", "error")},
-              flush=True)  # fmt: skip
+    for solver, seconds in _interleaved_medians(runs, repeats).items():
+        rows[solver]["seconds"] = seconds
+    for solver, row in rows.items():
+        if "seconds" in row:
+            print(name, solver, {k: row[k] for k in ("seconds", "finished", "steps", "error")},
+                  flush=True)  # fmt: skip
     if n <= 2048:
         out, seconds = _lsoda(pb, RTOL, atol, repeats)
         rows["scipy_lsoda"] = {
@@ -235,6 +259,43 @@ def measure(name, repeats):
         "fixed_over_auto": {k: (v["seconds"] / auto if v.get("finished") else None)
                             for k, v in rows.items() if k in SOLVERS and k != "auto"},
     }  # fmt: skip
+
+
+def _run_with(pb, solver, stat, **kwargs):
+    """A jitted solve returning `y(t1)` and one statistic (which keeps the work that
+    computes it: XLA drops from the loop whatever does not reach an output)."""
+
+    @jax.jit
+    def run():
+        sol = sn.solve(pb["f"], pb["y0"], 0.0, pb["t1"], args=pb["args"], solver=solver,
+                       rtol=RTOL, atol=pb["atol"], max_steps=MAX_STEPS, **kwargs)  # fmt: skip
+        return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats[stat]
+
+    return run
+
+
+def floor(repeats, names=("lorenz", "vdp_1")):
+    """What bounds `"auto"` on problems that never turn stiff, where a Tsit5 step takes
+    ~0.5 us: Tsit5; Tsit5 that estimates the stiffness on every step and keeps the largest
+    estimate (`estimate_stiffness=True`: the automatic solver's test alone); `"auto"`. Each
+    returns `y(t1)` and one statistic (`num_steps`, `stiffness_max`, `num_switches`); seconds
+    after compilation, side by side, in one run."""
+    out = {}
+    for name in names:
+        pb = _problem(name)
+        ways = {
+            "tsit5": _run_with(pb, "tsit5", "num_steps"),
+            "tsit5 + stiffness estimate": _run_with(pb, "tsit5", "stiffness_max",
+                                                    estimate_stiffness=True),
+            "auto": _run_with(pb, _solver(pb, "auto"), "num_switches"),
+        }  # fmt: skip
+        for run in ways.values():
+            jax.block_until_ready(run())
+        seconds = _interleaved_medians(ways, repeats, min_seconds=1.0)
+        ratios = {k: v / seconds["tsit5"] for k, v in seconds.items()}
+        out[name] = {"seconds": seconds, "over_tsit5": ratios}
+        print(name, "floor", out[name]["over_tsit5"], flush=True)
+    return out
 
 
 def trace_van_der_pol():
@@ -299,6 +360,7 @@ def main():
             record["problems"][name] = measure(name, args.repeats)
             _write(record)
         record["trace_vdp_1e3"] = trace_van_der_pol()
+        record["floor"] = floor(args.repeats)
         key = "auto_over_better_of_tsit5_and_best_stiff"
         ratios = [v[key] for v in record["problems"].values()]
         record["summary"] = {

@@ -707,6 +707,50 @@ def single(record: dict, save, repeats: int = 7, names=None) -> dict:
     return record
 
 
+def rejected_work() -> dict:
+    """BDF's work on `single`'s problems split by whether the attempt was accepted: diffrax
+    restores the solver state of the last accepted step after a rejection, so a Jacobian or
+    factorisation made during a rejected attempt is lost (CVODE keeps it)."""
+    import diffrax
+
+    from stiffnode.solvers import BDF, SolverStepController
+    from stiffnode.solvers.self_controlled import STAT_KEYS
+
+    class Split(SolverStepController):
+        """Also sums the work of the attempts it rejects (state: the stats and that sum)."""
+
+        def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+            tnext, stats = super().init(terms, t0, t1, y0, dt0, args, func, error_order)
+            return tnext, (stats, jnp.zeros(len(STAT_KEYS), jnp.int32))
+
+        def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
+            stats, rejected = state
+            out = super().adapt_step_size(t0, t1, y0, y1, args, y_error, error_order, stats)
+            counts = jnp.round(y_error.counts).astype(jnp.int32)
+            rejected = rejected + jnp.where(out[0], 0, counts)
+            return *out[:4], (out[4], rejected), out[5]
+
+    out = {}
+    for name, setting in SINGLE.items():
+        p = problems.PROBLEMS[name]()
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(p.vector_field), BDF(), p.t0, p.t1, None, jnp.asarray(p.y0),
+            args=p.args, stepsize_controller=Split(SINGLE_RTOL, setting["atol"]),
+            saveat=diffrax.SaveAt(t1=True, controller_state=True), max_steps=MAX_STEPS,
+        )  # fmt: skip
+        stats, rejected = sol.controller_state
+        total = dict(zip(STAT_KEYS, np.asarray(stats.counts).tolist(), strict=True))
+        lost = dict(zip(STAT_KEYS, np.asarray(rejected).tolist(), strict=True))
+        out[name] = {
+            "attempts": int(stats.num_attempts),
+            "rejected_attempts": int(sol.stats["num_rejected_steps"]),
+            "total": total,
+            "in_rejected_attempts": lost,
+        }
+        print(name, "rejected work", out[name], flush=True)
+    return out
+
+
 def _ensemble_settings(size: int) -> dict:
     from stiffnode import ensembles as ens
 
@@ -1131,7 +1175,7 @@ def main():
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["work_precision", "batch", "brusselator", "single", "ensembles"],
+        choices=["work_precision", "batch", "brusselator", "single", "ensembles", "rejected_work"],
     )
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument(
@@ -1168,6 +1212,7 @@ def main():
                 repeats=args.repeats or 3,
                 names=args.problems,
             ),
+            "rejected_work": rejected_work,
         }
         for name in args.only or sections:
             start = time.perf_counter()
