@@ -36,6 +36,9 @@ Sections (each written to `benchmarks/results/stiff_solvers.json` as soon as it 
   under `vmap`, which runs its members one after another in one compiled call) and CVODE
   solving them one after another; agreement between the solvers over every member and, for
   four members, each solver's error against a tight CVODE solve.
+- `rejected_work`: `single`'s BDF solves with their work split by whether the attempt was
+  accepted (diffrax restores the solver state after a rejection, so a Jacobian refreshed in
+  a rejected attempt is lost).
 
 Run: `python benchmarks/stiff_solvers.py [--only SECTION ...] [--plot-only]
 [--repeats N] [--ensemble-size N]` (sections already in the JSON are kept when others are

@@ -269,9 +269,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 jnp.zeros((self.history,), bool),
             ),
             nonstiff_state=self.nonstiff.init(terms, t0, t1, y0, args),
-            # A placeholder: the stiff method starts afresh at every switch to it (for
-            # BDF or Rodas5P, `init` evaluates f: on a short solve that is most of the
-            # extra cost over Tsit5 of a problem that never turns stiff).
+            # A placeholder: the stiff method starts afresh at every switch to it (its
+            # `init` evaluates f, for BDF and Rodas5P, wasted on a solve that never turns
+            # stiff).
             stiff_state=_zeros_like_shapes(
                 jax.eval_shape(lambda: self._stiff_solver().init(terms, t0, t1, y0, args))
             ),

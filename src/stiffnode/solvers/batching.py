@@ -31,9 +31,9 @@ def lazy_cond(
     `true_fun` runs only when `any(pred)` (for all lanes, then selected lane by lane) and
     `false_fun` always, so `false_fun` should be the cheap branch.
 
-    `per_lane=True`: under `vmap`, `true_fun` runs unbatched for the lanes whose `pred` holds
-    only, one after another. For work that does not vectorise across lanes anyway (a LAPACK
-    factorisation runs one matrix after another): it then costs the lanes that need it, not
+    `per_lane=True`: under `vmap`, `true_fun` runs unbatched, one lane after another, for
+    only the lanes whose `pred` holds. For work that does not vectorise across lanes anyway
+    (LAPACK factorises one matrix after another): it then costs the lanes that need it, not
     all of them.
 
     Both branches must return the same structure, as for `lax.cond`. Everything that may
