@@ -82,10 +82,7 @@ def lazy_cond(
 
                 return jax.lax.fori_loop(0, count, body, out)
 
-            if per_lane:
-                some = each
-
-            out = jax.lax.cond(jnp.any(pred), some, on_false, operands)
+            out = jax.lax.cond(jnp.any(pred), each if per_lane else some, on_false, operands)
         return out, jax.tree.map(lambda _: True, out)
 
     return cond(pred, dynamic)
