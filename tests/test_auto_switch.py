@@ -199,6 +199,8 @@ def test_bad_arguments_are_named():
         AutoSwitch(nonstiff_ratio=0.95, stiff_ratio=0.9)
     with pytest.raises(ValueError, match="stiff_after"):
         AutoSwitch(stiff_after=0)
+    with pytest.raises(ValueError, match="futile_growth"):
+        AutoSwitch(futile_growth=0)
     with pytest.raises(ValueError, match="min_gain"):
         AutoSwitch(min_gain=0.5)
     with pytest.raises(ValueError, match="history"):
