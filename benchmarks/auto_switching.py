@@ -287,13 +287,13 @@ def _with_untaken_stiff_solve(pb):
     @jax.jit
     def run():
         y, steps = tsit5()
-        never = _flat_size_sum(y) > 1e300
+        never = _abs_sum(y) > 1e300
         return jax.lax.cond(never, rodas5p, lambda y: y, y), steps
 
     return run
 
 
-def _flat_size_sum(y):
+def _abs_sum(y):
     return sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(y))
 
 

@@ -75,7 +75,6 @@ _COUNTERS = (
     "futile",  # stiff stints that ended because the stiff steps were no longer
 )
 _C = {name: i for i, name in enumerate(_COUNTERS)}
-_FUTILE_CAP = 6  # futile stints counted (stiff_after * futile_growth**6 stays an int32)
 
 
 class AutoSwitchState(eqx.Module):
@@ -233,6 +232,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         )
 
     @property
+    def _futile_power_cap(self) -> int:
+        """The largest `k` with `stiff_after * futile_growth**k` within int32."""
+        k = 0
+        while k < 10 and self.stiff_after * self.futile_growth ** (k + 1) < 2**31:
+            k += 1
+        return k
+
+    @property
     def boundary(self) -> float:
         """The non-stiff method's stability boundary on the negative real axis."""
         return stability_boundary(self.nonstiff.tableau)
@@ -369,9 +376,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             c[_C["streak"]] + 1,
             jnp.where(contrary >= self.reset_after, 0, c[_C["streak"]]),
         )
-        needed = jnp.where(
-            mode, self.nonstiff_after, self.stiff_after * self.futile_growth ** c[_C["futile"]]
-        )
+        growth = self.futile_growth ** jnp.minimum(c[_C["futile"]], self._futile_power_cap)
+        needed = jnp.where(mode, self.nonstiff_after, self.stiff_after * growth)
         # At most max_switches. Back from the stiff method only while a last switch to it
         # remains, unless its stint is futile; to it, once it has been futile, only while a
         # futile return remains (the solve never ends stuck in a futile stiff stint).
@@ -388,7 +394,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 c[_C["num_switches"]] + switch,
                 c[_C["num_steps_nonstiff"]] + ~mode,
                 c[_C["num_steps_stiff"]] + mode,
-                jnp.minimum(c[_C["futile"]] + (switch & mode & futile), _FUTILE_CAP),
+                jnp.minimum(c[_C["futile"]] + (switch & mode & futile), 10),
             ]
         ).astype(jnp.int32)
         # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
