@@ -1,7 +1,7 @@
 """What any diffrax solver is expected to do, checked for stiffnode's own solvers (BDF,
-Rodas3) under every diffrax controller that makes sense, through `diffrax.diffeqsolve`
-itself: the drop-in contract. Written in the spirit of diffrax's solver-generic tests
-(`test/test_integrate.py`, `test/test_saveat_solution.py`).
+Rodas3, Rodas5P, Rosenbrock23, AutoSwitch) under every diffrax controller that makes sense,
+through `diffrax.diffeqsolve` itself: the drop-in contract. Written in the spirit of
+diffrax's solver-generic tests (`test/test_integrate.py`, `test/test_saveat_solution.py`).
 
 Accuracy is checked against closed forms (`expm`). Bounds for adaptive solves are
 `BOUND * rtol` relative: the design notes measured CVODE's final-state error at 17-205x its
@@ -22,6 +22,8 @@ from jax.scipy.linalg import expm
 import stiffnode as sn
 from stiffnode.solvers import (
     BDF,
+    AbstractSelfControlledSolver,
+    AutoSwitch,
     ControllerTolerances,
     Rodas3,
     Rodas5P,
@@ -34,7 +36,13 @@ RTOL, ATOL = 1e-8, 1e-10
 A = np.array([[-1.0, 0.5], [0.0, -2.0]])
 Y0 = np.array([1.0, 2.0])
 
-SOLVERS = {"bdf": BDF, "rodas3": Rodas3, "rodas5p": Rodas5P, "rosenbrock23": Rosenbrock23}
+SOLVERS = {
+    "bdf": BDF,
+    "rodas3": Rodas3,
+    "rodas5p": Rodas5P,
+    "rosenbrock23": Rosenbrock23,
+    "auto": AutoSwitch,
+}
 CONTROLLERS = ("solver", "pid", "constant", "stepto")
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
@@ -46,9 +54,17 @@ def _linear(t, y, args):
     return jnp.asarray(A, y.dtype) @ y
 
 
+def _skip_unless_self_controlled(name, controller):
+    """`SolverStepController` ("solver") lets the solver choose its steps: BDF and the
+    Rosenbrock methods do, AutoSwitch (Tsit5 and a stiff method) does not."""
+    if controller == "solver" and not issubclass(SOLVERS[name], AbstractSelfControlledSolver):
+        pytest.skip(f"{name} does not choose its own steps")
+
+
 def _setup(name, controller, t0, t1, num_steps=256, rtol=RTOL, atol=ATOL):
     """`(solver, controller, dt0)`; fixed steps take the tolerances of the Newton solve from
     the solver's root finder."""
+    _skip_unless_self_controlled(name, controller)
     solver = SOLVERS[name]()
     if controller == "solver":
         return solver, SolverStepController(rtol=rtol, atol=atol), None
@@ -109,6 +125,8 @@ def test_reverse_time_through_solve(name):
     """The issue's reproducers: y' = -y and y' = 1 from t = 1 to 0, through `stiffnode.solve`
     with the solver's own controller and a PID controller."""
     for controller in ("solver", "pid"):
+        if controller == "solver" and name == "auto":
+            continue  # not self-controlled (`_skip_unless_self_controlled`)
         decay = sn.solve(lambda t, y, a: -y, jnp.ones(1), 1.0, 0.0, solver=name,
                          stepsize_controller=controller, rtol=RTOL, atol=ATOL)
         assert abs(float(decay.ys[-1, 0]) - np.e) < BOUND * RTOL * np.e
@@ -238,6 +256,8 @@ def test_dtypes_under_strict_promotion(name, case):
     float32 runs with rtol 1e-5 (its epsilon is 1.2e-7). The complex field is not
     holomorphic: the solvers work on real and imaginary parts."""
     dtype, controller, rtol = DTYPE_CASES[case]
+    if name == "auto":
+        controller = "pid"  # not self-controlled
     complex_state = np.issubdtype(dtype, np.complexfloating)
     y0 = jnp.asarray(Y0 * (1 - 2j) if complex_state else Y0, dtype)
     field = _complex_field if complex_state else _linear
@@ -276,7 +296,8 @@ ADJOINTS = {
 
 
 # Rodas5P and Rosenbrock23 step through the same `AbstractRosenbrock.step` as Rodas3 (only
-# their stages differ): every adjoint for Rodas3, the recursive and forward mode for them.
+# their stages differ): every adjoint for Rodas3, the recursive and forward mode for them
+# and for AutoSwitch (its own gradient test: `test_auto_switch.py`).
 GRADIENT_CASES = [
     (name, adjoint)
     for name in SOLVERS
@@ -294,8 +315,9 @@ def test_gradients(name, adjoint):
     def end(params):
         k, y0 = params
         mode = diffrax.ForwardMode() if adjoint == "forward" else ADJOINTS[adjoint]()
+        s = solver.for_adjoint(mode) if isinstance(solver, AutoSwitch) else solver
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, k: -k * y), solver, 0.0, 1.0, None, y0, args=k,
+            diffrax.ODETerm(lambda t, y, k: -k * y), s, 0.0, 1.0, None, y0, args=k,
             stepsize_controller=ctrl, adjoint=mode,
         )
         return sol.ys[-1, 0]
@@ -312,6 +334,24 @@ def test_gradients(name, adjoint):
     # solve at the same tolerance, inside the same bound.
     for g, e in zip(got, exact, strict=True):
         assert abs(float(g) - e) < BOUND * RTOL * abs(e), (float(g), e)
+
+
+@pytest.mark.parametrize(
+    "wrapping", [{"estimate_stiffness": True}, {"jump_ts": [0.5]}, {"solver": "auto"}]
+)
+def test_forward_mode_through_a_wrapped_runge_kutta_solver(wrapping):
+    """Tsit5 inside `StiffnessMonitor`, `JumpAwareSolver` or `AutoSwitch` under
+    `diffrax.ForwardMode` through `stiffnode.solve`: diffrax switches a Runge-Kutta solver's
+    stage loop to one `jax.jvp` can go through, also through a wrapper (`AutoSwitch`:
+    `for_adjoint`); d y(1) / dk of y' = -k y is -e^-k."""
+
+    def end(k):
+        sol = sn.solve(lambda t, y, k: -k * y, jnp.ones(1), 0.0, 1.0, args=k, rtol=RTOL,
+                       atol=ATOL, adjoint=diffrax.ForwardMode(), **wrapping)  # fmt: skip
+        return sol.ys[-1, 0]
+
+    derivative = jax.jvp(end, (jnp.array(0.7),), (jnp.array(1.0),))[1]
+    assert abs(float(derivative) + np.exp(-0.7)) < BOUND * RTOL * np.exp(-0.7)
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -352,6 +392,7 @@ def test_event_located_by_dense_output(name, controller):
 def test_blow_up_is_an_error(name, controller):
     """y' = y^2 from y(0) = 1 blows up at t = 1: the solve must fail, not step over the
     singularity (Rodas3 used to return -1 at t = 2 after one step from 0.56 past t = 1)."""
+    _skip_unless_self_controlled(name, controller)
     with pytest.raises(RUNTIME_ERRORS):
         sol = sn.solve(lambda t, y, a: y**2, jnp.ones(1), 0.0, 2.0, solver=name,
                        stepsize_controller=controller, max_steps=2000)

@@ -484,6 +484,8 @@ def solve(
         max_steps,
     )
     adjoint = _adjoint(adjoint)
+    if isinstance(solver, AutoSwitch):
+        solver = solver.for_adjoint(adjoint)
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (

@@ -139,6 +139,15 @@ class _Selected(diffrax.AbstractLocalInterpolation):
         return jax.tree.map(lambda x, y: jnp.where(self.stiff_mode, y, x), a, b)
 
 
+def _unset_scan_kind(solver) -> bool:
+    return isinstance(solver, diffrax.AbstractRungeKutta) and solver.scan_kind is None
+
+
+def _int32(x) -> Array:
+    """`x` (bool or int) as int32, explicitly: strict dtype promotion mixes neither."""
+    return jnp.asarray(x).astype(jnp.int32)
+
+
 def _zeros_like_shapes(tree):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
@@ -224,6 +233,26 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         if num_states > DENSE_MAX_STATES:
             kwargs.setdefault("stiff", BDF(linear_solver="gmres"))
         return cls(**kwargs)
+
+    def for_adjoint(self, adjoint: diffrax.AbstractAdjoint) -> "AutoSwitch":
+        """`self` with its Runge-Kutta methods' stage loops as diffrax sets a Runge-Kutta
+        solver's own under `adjoint` (diffrax cannot see inside `AutoSwitch`):
+        `ForwardMode` needs a plain loop (the default stage loop is a `custom_vjp`, which
+        `jax.jvp` cannot go through), `DirectAdjoint` a bounded one; `stiffnode.solve` does
+        this itself, a direct `diffrax.diffeqsolve` call with those adjoints needs it."""
+        if isinstance(adjoint, diffrax.ForwardMode):
+            kind = "lax"
+        elif isinstance(adjoint, diffrax.DirectAdjoint):
+            kind = "bounded"
+        else:
+            return self
+        methods = [m for m in ("nonstiff", "stiff") if _unset_scan_kind(getattr(self, m))]
+        return eqx.tree_at(
+            lambda s: [getattr(s, m).scan_kind for m in methods],
+            self,
+            [kind] * len(methods),
+            is_leaf=lambda x: x is None,
+        )
 
     @property
     def interpolation_cls(self):
@@ -387,34 +416,34 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         switch = (streak >= needed) & may
         counters = jnp.stack(
             [
-                mode ^ switch,
-                switch,
-                jnp.where(switch, 0, streak),
-                jnp.where(switch, 0, contrary),
-                c[_C["num_switches"]] + switch,
-                c[_C["num_steps_nonstiff"]] + ~mode,
-                c[_C["num_steps_stiff"]] + mode,
-                jnp.minimum(c[_C["futile"]] + (switch & mode & futile), 10),
+                _int32(mode ^ switch),
+                _int32(switch),
+                _int32(jnp.where(switch, 0, streak)),
+                _int32(jnp.where(switch, 0, contrary)),
+                c[_C["num_switches"]] + _int32(switch),
+                c[_C["num_steps_nonstiff"]] + _int32(~mode),
+                c[_C["num_steps_stiff"]] + _int32(mode),
+                jnp.minimum(c[_C["futile"]] + _int32(switch & mode & futile), 10),
             ]
-        ).astype(jnp.int32)
+        )
         # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
         t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
         index = jnp.minimum(c[_C["num_switches"]], self.max_switches - 1)
-        switch_times = jnp.where(
-            switch & (jnp.arange(self.max_switches) == index), t_real, state.switch_times
-        )
+        at_index = jnp.arange(self.max_switches, dtype=jnp.int32) == index
+        switch_times = jnp.where(switch & at_index, t_real, state.switch_times)
         stiffness = (h_lambda_2 / h).astype(state.stiffness_max.dtype)
         history = state.history
         if self.history:
             step_index = c[_C["num_steps_nonstiff"]] + c[_C["num_steps_stiff"]]
-            at = jnp.arange(self.history) == step_index % self.history
+            at = jnp.arange(self.history, dtype=jnp.int32) == step_index % self.history
             new = (t_real, stiffness, (h_lambda / boundary).astype(stiffness.dtype), mode)
             history = tuple(jnp.where(at, a, b) for a, b in zip(new, history, strict=True))
         new_state = AutoSwitchState(
             counters=counters,
             times=jnp.concatenate(
                 [
-                    state.times[:2] + jnp.where(jnp.arange(2) == mode.astype(jnp.int32), h, 0.0),
+                    state.times[:2]
+                    + jnp.where(jnp.arange(2, dtype=jnp.int32) == _int32(mode), h, 0.0),
                     jnp.where(switch & ~mode, h, state.times[2:3]),
                     longest[None],
                 ]

@@ -24,6 +24,14 @@ class AbstractDelegatingSolver(diffrax.AbstractWrappedSolver):
         return self.solver.tableau
 
     @property
+    def scan_kind(self):
+        """The wrapped Runge-Kutta solver's. diffrax's adjoints and `ForwardMode` set it (to
+        a stage loop without `custom_vjp`, so that `jax.jvp` works) on any solver that is an
+        `AbstractRungeKutta` instance, as a wrapper of one is; `eqx.tree_at` follows this
+        property to the wrapped solver's field."""
+        return self.solver.scan_kind
+
+    @property
     def term_structure(self):
         return self.solver.term_structure
 
