@@ -168,10 +168,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         min_gain: a stiff step shorter than this many times the explicit step before the
             switch counts toward switching back (the stiff method costs more per step).
         futile_growth: each stiff stint ended that way multiplies `stiff_after` by this
-            for the next switch to `stiff`. 8 measured against 2 and 4
-            (`benchmarks/auto_switching.py`): the digits gradient flow, mildly stiff where
-            BDF never pays, tried the stiff method three times at 1.35x Tsit5's time, twice
-            at 1.21x; HIRES 277 steps against 259, van der Pol and Robertson unchanged.
+            for the next switch to `stiff`. 8 measured against 2, 4 and 16 (the problems
+            of `benchmarks/auto_switching.py`): the digits gradient flow, mildly stiff where
+            BDF never pays, tried the stiff method three times at 1.35x Tsit5's time with 2,
+            twice at 1.21x with 8 (16: 1.10x, but HIRES 378 steps against 259 with 2 and 277
+            with 8); van der Pol, Robertson, Lorenz and the neural ODE unchanged.
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays,
