@@ -54,10 +54,14 @@ def _linear(t, y, args):
     return jnp.asarray(A, y.dtype) @ y
 
 
-def _skip_unless_self_controlled(name, controller):
+def _self_controlled(name) -> bool:
     """`SolverStepController` ("solver") lets the solver choose its steps: BDF and the
     Rosenbrock methods do, AutoSwitch (Tsit5 and a stiff method) does not."""
-    if controller == "solver" and not issubclass(SOLVERS[name], AbstractSelfControlledSolver):
+    return issubclass(SOLVERS[name], AbstractSelfControlledSolver)
+
+
+def _skip_unless_self_controlled(name, controller):
+    if controller == "solver" and not _self_controlled(name):
         pytest.skip(f"{name} does not choose its own steps")
 
 
@@ -124,9 +128,7 @@ def test_reverse_time(name, controller):
 def test_reverse_time_through_solve(name):
     """The issue's reproducers: y' = -y and y' = 1 from t = 1 to 0, through `stiffnode.solve`
     with the solver's own controller and a PID controller."""
-    for controller in ("solver", "pid"):
-        if controller == "solver" and name == "auto":
-            continue  # not self-controlled (`_skip_unless_self_controlled`)
+    for controller in ("solver", "pid") if _self_controlled(name) else ("pid",):
         decay = sn.solve(lambda t, y, a: -y, jnp.ones(1), 1.0, 0.0, solver=name,
                          stepsize_controller=controller, rtol=RTOL, atol=ATOL)
         assert abs(float(decay.ys[-1, 0]) - np.e) < BOUND * RTOL * np.e
@@ -256,8 +258,8 @@ def test_dtypes_under_strict_promotion(name, case):
     float32 runs with rtol 1e-5 (its epsilon is 1.2e-7). The complex field is not
     holomorphic: the solvers work on real and imaginary parts."""
     dtype, controller, rtol = DTYPE_CASES[case]
-    if name == "auto":
-        controller = "pid"  # not self-controlled
+    if not _self_controlled(name):
+        controller = "pid"
     complex_state = np.issubdtype(dtype, np.complexfloating)
     y0 = jnp.asarray(Y0 * (1 - 2j) if complex_state else Y0, dtype)
     field = _complex_field if complex_state else _linear
