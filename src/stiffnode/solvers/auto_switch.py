@@ -168,11 +168,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         min_gain: a stiff step shorter than this many times the explicit step before the
             switch counts toward switching back (the stiff method costs more per step).
         futile_growth: each stiff stint ended that way multiplies `stiff_after` by this
-            for the next switch to `stiff`. 8 measured against 2, 4 and 16 (the problems
-            of `benchmarks/auto_switching.py`): the digits gradient flow, mildly stiff where
-            BDF never pays, tried the stiff method three times at 1.35x Tsit5's time with 2,
-            twice at 1.21x with 8 (16: 1.10x, but HIRES 378 steps against 259 with 2 and 277
-            with 8); van der Pol, Robertson, Lorenz and the neural ODE unchanged.
+            for the next switch to `stiff`. 8 against 2 (`benchmarks/auto_switching.py`,
+            `futile_growth` section, one run): the digits gradient flow, mildly stiff where
+            BDF never pays, tries the stiff method three times with 2 (1.41x Tsit5's time,
+            467 steps) and twice with 8 (1.29x, 442); HIRES 0.69x / 0.66x Rodas5P (259 /
+            277 steps). 4 and 16 were tried by hand: 16 makes HIRES take 378 steps.
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays,
@@ -419,8 +419,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             [
                 _int32(mode ^ switch),
                 _int32(switch),
-                _int32(jnp.where(switch, 0, streak)),
-                _int32(jnp.where(switch, 0, contrary)),
+                jnp.where(switch, 0, streak),
+                jnp.where(switch, 0, contrary),
                 c[_C["num_switches"]] + _int32(switch),
                 c[_C["num_steps_nonstiff"]] + _int32(~mode),
                 c[_C["num_steps_stiff"]] + _int32(mode),
