@@ -324,6 +324,35 @@ def floor(repeats, names=("lorenz", "vdp_1")):
     return out
 
 
+def futile_growth(repeats, names=("digits_flow", "hires", "vdp_10"), growths=(2, 8)):
+    """`AutoSwitch(futile_growth=g)` for each g against Tsit5 and Rodas5P (matrix-free above
+    64 states), round-robin in one run: seconds, steps, switches."""
+    out = {}
+    for name in names:
+        pb = _problem(name)
+        solvers = {f"auto growth {g}": AutoSwitch.for_states(_size(pb["y0"]), futile_growth=g)
+                   for g in growths} | {"tsit5": "tsit5", "rodas5p": "rodas5p"}  # fmt: skip
+        runs, rows = {}, {}
+        for key, solver in solvers.items():
+            runs[key] = _run(pb, solver, RTOL, pb["atol"], stats=False)
+            jax.block_until_ready(runs[key]())
+            _, stats, result = _run(pb, solver, RTOL, pb["atol"])()
+            rows[key] = {"steps": int(stats["num_steps"]),
+                         "finished": bool(result == diffrax.RESULTS.successful)}  # fmt: skip
+            if key.startswith("auto"):
+                rows[key]["num_switches"] = int(stats["num_switches"])
+        for key, seconds in _interleaved_medians(runs, repeats).items():
+            rows[key]["seconds"] = seconds
+        best = min(r["seconds"] for k, r in rows.items() if not k.startswith("auto")
+                   and r["finished"])  # fmt: skip
+        for row in rows.values():
+            row["over_best_fixed"] = row["seconds"] / best
+        out[name] = rows
+        print(name, "futile_growth", {k: (round(r["over_best_fixed"], 2), r["steps"])
+                                      for k, r in rows.items()}, flush=True)  # fmt: skip
+    return out
+
+
 def trace_van_der_pol():
     """The estimate and the method along van der Pol mu = 1e3 (AutoSwitch history)."""
     pb = _van_der_pol(1e3)
@@ -376,10 +405,15 @@ def main():
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--floor-only", action="store_true", help="rerun the floor section only")
+    parser.add_argument("--growth-only", action="store_true",
+                        help="rerun the futile_growth section only")  # fmt: skip
     args = parser.parse_args()
     record = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
-    if args.floor_only:
-        record["floor"] = floor(args.repeats)
+    if args.floor_only or args.growth_only:
+        if args.floor_only:
+            record["floor"] = floor(args.repeats)
+        if args.growth_only:
+            record["futile_growth"] = futile_growth(args.repeats)
         _write(record)
     elif not args.plot_only:
         record["environment"] = environment()
@@ -391,6 +425,7 @@ def main():
             _write(record)
         record["trace_vdp_1e3"] = trace_van_der_pol()
         record["floor"] = floor(args.repeats)
+        record["futile_growth"] = futile_growth(args.repeats)
         key = "auto_over_better_of_tsit5_and_best_stiff"
         ratios = [v[key] for v in record["problems"].values()]
         record["summary"] = {
