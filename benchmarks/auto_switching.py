@@ -18,7 +18,8 @@ somewhere. Writes `benchmarks/results/auto_switching.json` after each problem (a
 skips problems already there unless `--fresh`) and `auto_switching.png`: the stiffness
 estimate and the method in use along van der Pol mu = 1e3.
 
-Run: `python benchmarks/auto_switching.py [--problems vdp_1e3 ...] [--fresh] [--plot-only]`.
+Run: `python benchmarks/auto_switching.py [--problems vdp_1e3 ...] [--fresh] [--plot-only]
+[--only floor futile_growth substeps]`.
 """
 
 import jax
@@ -186,13 +187,18 @@ def _timed(fn):
 def _interleaved_medians(runs: dict, repeats, min_seconds=0.5, max_rounds=2000) -> dict:
     """Median wall time of each `run()`, timed round-robin (one of each per round, so that a
     drift of the machine's speed touches all alike) for at least `repeats` rounds and until
-    each has run for `min_seconds` (a solve of 0.1 ms is timed a few thousand times)."""
+    each has run for `min_seconds` (a solve of 0.1 ms is timed a few thousand times). The
+    order is shuffled every round: a fixed order makes whichever solve follows a long one
+    pay for it (XLA:CPU hands each call to a thread pool whose workers have gone idle; the
+    same Lorenz solve measured 1.44x Tsit5 right after Kvaerno5's 3.5 ms and 1.25x with
+    Tsit5 between them)."""
     times = {k: [] for k in runs}
     rounds = 0
+    rng = np.random.default_rng(0)
     while rounds < repeats or (rounds < max_rounds
                                and min(sum(t) for t in times.values()) < min_seconds):  # fmt: skip
-        for k, run in runs.items():
-            times[k].append(_timed(lambda run=run: jax.block_until_ready(run())))
+        for k in rng.permutation(list(runs)):
+            times[k].append(_timed(lambda run=runs[k]: jax.block_until_ready(run())))
         rounds += 1
     return {k: statistics.median(t) for k, t in times.items()}
 
@@ -324,14 +330,15 @@ def floor(repeats, names=("lorenz", "vdp_1")):
     return out
 
 
-def futile_growth(repeats, names=("digits_flow", "hires", "vdp_10"), growths=(2, 8)):
-    """`AutoSwitch(futile_growth=g)` for each g against Tsit5 and Rodas5P (matrix-free above
-    64 states), round-robin in one run: seconds, steps, switches."""
+def _auto_variants(repeats, names, variants: dict[str, dict]):
+    """`AutoSwitch.for_states(n, **kwargs)` for each named variant against Tsit5 and Rodas5P
+    (matrix-free above 64 states), round-robin in one run: seconds, steps, switches."""
     out = {}
     for name in names:
         pb = _problem(name)
-        solvers = {f"auto growth {g}": AutoSwitch.for_states(_size(pb["y0"]), futile_growth=g)
-                   for g in growths} | {"tsit5": "tsit5", "rodas5p": "rodas5p"}  # fmt: skip
+        n = _size(pb["y0"])
+        solvers = {key: AutoSwitch.for_states(n, **kwargs) for key, kwargs in variants.items()}
+        solvers |= {"tsit5": "tsit5", "rodas5p": "rodas5p"}
         runs, rows = {}, {}
         for key, solver in solvers.items():
             runs[key] = _run(pb, solver, RTOL, pb["atol"], stats=False)
@@ -339,18 +346,34 @@ def futile_growth(repeats, names=("digits_flow", "hires", "vdp_10"), growths=(2,
             _, stats, result = _run(pb, solver, RTOL, pb["atol"])()
             rows[key] = {"steps": int(stats["num_steps"]),
                          "finished": bool(result == diffrax.RESULTS.successful)}  # fmt: skip
-            if key.startswith("auto"):
-                rows[key]["num_switches"] = int(stats["num_switches"])
+            if key in variants:
+                rows[key] |= {k: int(stats[k]) for k in ("num_switches", "num_steps_nonstiff",
+                                                         "num_steps_stiff")}  # fmt: skip
         for key, seconds in _interleaved_medians(runs, repeats).items():
             rows[key]["seconds"] = seconds
-        best = min(r["seconds"] for k, r in rows.items() if not k.startswith("auto")
-                   and r["finished"])  # fmt: skip
+        best = min(r["seconds"] for k, r in rows.items() if k not in variants and r["finished"])
         for row in rows.values():
             row["over_best_fixed"] = row["seconds"] / best
         out[name] = rows
-        print(name, "futile_growth", {k: (round(r["over_best_fixed"], 2), r["steps"])
-                                      for k, r in rows.items()}, flush=True)  # fmt: skip
+        print(name, {k: (round(r["over_best_fixed"], 2), r["steps"]) for k, r in rows.items()},
+              flush=True)  # fmt: skip
     return out
+
+
+def futile_growth(repeats, names=("digits_flow", "hires", "vdp_10"), growths=(2, 8)):
+    """`AutoSwitch(futile_growth=g)` for each g."""
+    return _auto_variants(
+        repeats, names, {f"auto growth {g}": {"futile_growth": g} for g in growths}
+    )
+
+
+def substeps(repeats, names=("lorenz", "vdp_1", "vdp_10", "hires"), counts=(1, 16)):
+    """`AutoSwitch(substeps=k)` for each k: one explicit step per diffrax step (1), the
+    switching machinery paid on each, against ~16 sub-steps per diffrax step."""
+    return _auto_variants(repeats, names, {f"auto substeps {k}": {"substeps": k} for k in counts})
+
+
+SECTIONS = {"floor": floor, "futile_growth": futile_growth, "substeps": substeps}
 
 
 def trace_van_der_pol():
@@ -404,16 +427,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--plot-only", action="store_true")
-    parser.add_argument("--floor-only", action="store_true", help="rerun the floor section only")
-    parser.add_argument("--growth-only", action="store_true",
-                        help="rerun the futile_growth section only")  # fmt: skip
+    parser.add_argument("--only", nargs="+", choices=SECTIONS,
+                        help="rerun these sections only (not the problems table)")  # fmt: skip
     args = parser.parse_args()
     record = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
-    if args.floor_only or args.growth_only:
-        if args.floor_only:
-            record["floor"] = floor(args.repeats)
-        if args.growth_only:
-            record["futile_growth"] = futile_growth(args.repeats)
+    if args.only:
+        for section in args.only:
+            record[section] = SECTIONS[section](args.repeats)
         _write(record)
     elif not args.plot_only:
         record["environment"] = environment()
@@ -424,8 +444,8 @@ def main():
             record["problems"][name] = measure(name, args.repeats)
             _write(record)
         record["trace_vdp_1e3"] = trace_van_der_pol()
-        record["floor"] = floor(args.repeats)
-        record["futile_growth"] = futile_growth(args.repeats)
+        for section, measure_section in SECTIONS.items():
+            record[section] = measure_section(args.repeats)
         key = "auto_over_better_of_tsit5_and_best_stiff"
         ratios = [v[key] for v in record["problems"].values()]
         record["summary"] = {

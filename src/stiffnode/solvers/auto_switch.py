@@ -12,6 +12,14 @@ iteration (a JVP) per step on the stiff side.
 method would be stable with room to spare), or when the stiff steps stay too short to pay
 for their cost (`min_gain`: a "futile" stint, after which the evidence needed for the next
 switch grows `futile_growth`-fold); at most `max_switches` switches.
+
+The switching has a cost on every step (the stiffness test, the choice between the two
+methods, their states carried side by side), comparable to a whole explicit step of a small
+system. With the non-stiff method one diffrax step therefore holds about `substeps` explicit
+sub-steps, taken in an inner loop under their own error control (as diffrax's PID
+controller would take them: the same tolerances, norm and I-controller), each seen by the
+stiffness rule; the choice of method is made once per diffrax step, whose length diffrax's
+controller sizes from the count of sub-steps it held (`_explicit_steps`).
 """
 
 from collections.abc import Callable
@@ -19,9 +27,11 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
@@ -29,11 +39,11 @@ from .bdf import BDF
 from .rosenbrock import Rodas5P
 from .self_controlled import FROM_CONTROLLER, ControllerTolerances
 from .stiffness_estimate import (
-    explicit_stiffness,
     has_stage_estimate,
     power_iteration_start,
     power_iteration_step,
     stability_boundary,
+    stage_differences,
 )
 
 DENSE_MAX_STATES = 64
@@ -49,6 +59,7 @@ class SwitchStats(eqx.Module):
     switch_times: Float[Array, " max_switches"]  # NaN beyond num_switches
     num_steps_nonstiff: Int[Array, ""]
     num_steps_stiff: Int[Array, ""]
+    num_rejected_substeps: Int[Array, ""]
     time_nonstiff: Float[Array, ""]
     time_stiff: Float[Array, ""]
     stiffness_max: Float[Array, ""]  # the largest |lambda| estimate
@@ -73,14 +84,15 @@ _COUNTERS = (
     "num_steps_nonstiff",
     "num_steps_stiff",
     "futile",  # stiff stints that ended because the stiff steps were no longer
+    "rejected_substeps",  # explicit sub-steps rejected by their own error control
 )
 _C = {name: i for i, name in enumerate(_COUNTERS)}
 
 
 class AutoSwitchState(eqx.Module):
-    counters: Int[Array, " 8"]  # `_COUNTERS`
-    times: Float[Array, " 4"]  # time_nonstiff, time_stiff; the last explicit step before the
-    # switch to the stiff method, and the longest stiff step since
+    counters: Int[Array, " 9"]  # `_COUNTERS`
+    times: Float[Array, " 5"]  # time_nonstiff, time_stiff; the explicit step size before the
+    # switch to the stiff method, the longest stiff step since; the next explicit sub-step
     stiffness_max: Float[Array, ""]
     switch_times: Float[Array, " max_switches"]
     history: tuple[Array, Array, Array, Array]  # t, |lambda|, h |lambda| / B, stiff
@@ -100,6 +112,7 @@ class AutoSwitchState(eqx.Module):
             switch_times=self.switch_times,
             num_steps_nonstiff=c[_C["num_steps_nonstiff"]],
             num_steps_stiff=c[_C["num_steps_stiff"]],
+            num_rejected_substeps=c[_C["rejected_substeps"]],
             time_nonstiff=self.times[0],
             time_stiff=self.times[1],
             stiffness_max=self.stiffness_max,
@@ -121,8 +134,79 @@ class AutoSwitchInterpolation(eqx.Module):
             t0=t0,
             t1=t1,
             stiff_mode=stiff_mode,
-            nonstiff=self.nonstiff_cls(t0=t0, t1=t1, **nonstiff),
+            nonstiff=_Substeps(
+                t0=t0,
+                t1=t1,
+                sub_t0=nonstiff["t0"],
+                sub_t1=nonstiff["t1"],
+                steps=nonstiff["steps"],
+                interpolation_cls=self.nonstiff_cls,
+            ),
             stiff=self.stiff_cls(t0=t0, t1=t1, **stiff),
+        )
+
+
+class _Substeps(diffrax.AbstractLocalInterpolation):
+    """The dense output of a step made of explicit sub-steps: each one's own interpolant."""
+
+    t0: Array
+    t1: Array
+    sub_t0: Float[Array, " slots"]
+    sub_t1: Float[Array, " slots"]  # +inf in the slots left unused
+    steps: PyTree  # the sub-steps' dense information, leading axis the slots
+    interpolation_cls: Callable = eqx.field(static=True)
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        if t1 is not None:
+            return jax.tree.map(
+                lambda a, b: a - b, self.evaluate(t1, left=left), self.evaluate(t0, left=left)
+            )
+        last = jnp.maximum(jnp.sum(_int32(jnp.isfinite(self.sub_t1))) - 1, 0)
+        i = jnp.minimum(jnp.sum(_int32(self.sub_t1 < t0)), last)
+        step = jax.tree.map(lambda x: x[i], self.steps)
+        return self.interpolation_cls(t0=self.sub_t0[i], t1=self.sub_t1[i], **step).evaluate(t0)
+
+
+class _Tally(eqx.Module):
+    """What the accepted (sub-)steps of one diffrax step add to the switching rule."""
+
+    # streak, contrary, accepted steps since the solve began, rejected explicit sub-steps
+    # (one vector: one fused update per sub-step)
+    counts: Int[Array, " 4"]
+    stiffness_max: Float[Array, ""]
+    history: tuple[Array, Array, Array, Array]
+
+    streak = property(lambda self: self.counts[0])
+    contrary = property(lambda self: self.counts[1])
+    steps = property(lambda self: self.counts[2])
+    rejected = property(lambda self: self.counts[3])
+
+    def observe(self, solver, h, t_real, h_lambda, h_lambda_2, stiff_mode: bool, toward_other):
+        """One more accepted step of size `h` ending at `t_real`; `toward_other`: it points
+        to the other method."""
+        # As Hairer's DOPRI5 stiffness test: the count survives a few contrary steps (a
+        # step shrunk after a rejection is not a sign of relaxation).
+        contrary = jnp.where(toward_other, 0, self.contrary + 1)
+        streak = jnp.where(
+            toward_other,
+            self.streak + 1,
+            jnp.where(contrary >= solver.reset_after, 0, self.streak),
+        )
+        stiffness = (h_lambda_2 / h.astype(h_lambda_2.dtype)).astype(self.stiffness_max.dtype)
+        history = self.history
+        if solver.history:
+            at = jnp.arange(solver.history, dtype=jnp.int32) == self.steps % solver.history
+            new = (
+                t_real,
+                stiffness,
+                (h_lambda / solver.boundary).astype(stiffness.dtype),
+                jnp.asarray(stiff_mode),
+            )
+            history = tuple(jnp.where(at, a, b) for a, b in zip(new, history, strict=True))
+        return _Tally(
+            counts=jnp.stack([streak, contrary, self.steps + 1, self.rejected]),
+            stiffness_max=jnp.maximum(self.stiffness_max, stiffness),
+            history=history,
         )
 
 
@@ -146,6 +230,15 @@ def _unset_scan_kind(solver) -> bool:
 def _int32(x) -> Array:
     """`x` (bool or int) as int32, explicitly: strict dtype promotion mixes neither."""
     return jnp.asarray(x).astype(jnp.int32)
+
+
+def _flat(tree) -> Array:
+    return ravel_pytree(tree)[0]
+
+
+def _unflatten_like(flat: Array, tree):
+    """`flat` (real or complex, `tree`'s size) in `tree`'s structure and dtypes."""
+    return ravel_pytree(tree)[1](flat.astype(_flat(tree).dtype))
 
 
 def _zeros_like_shapes(tree):
@@ -179,12 +272,25 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             unless the stiff steps were too short to pay (`min_gain`).
         history: keep the stiffness estimate and the method of the last `history` accepted
             steps (`Solution.stats["history_*"]`); 0 keeps none.
+        substeps: with the non-stiff method, one diffrax step is about this many explicit
+            sub-steps under their own error control (the controller's `rtol`, `atol`,
+            `norm`), so that the switching machinery runs once per `substeps` explicit
+            steps; the stiffness rule still sees every sub-step. A step that would need
+            more than `2 * substeps` at the present sub-step size is rejected before any
+            work, one that reaches `4 * substeps` on the way is rejected there (diffrax
+            shortens a step only after a rejection). 1: one explicit step per diffrax
+            step, its error handed to the controller (what `for_states` picks above
+            `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no `root_finder`
+            tolerances) always 1; fixed steps with `root_finder` tolerances are each
+            covered by sub-steps under those.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
-    (NaN-padded to `max_switches`), `num_steps_nonstiff`, `num_steps_stiff`,
-    `time_nonstiff`, `time_stiff`, `stiffness_max` (the largest `|lambda|` estimate) and,
-    with `history`, the estimate and method along the steps.
+    (NaN-padded to `max_switches`), `num_steps_nonstiff` (accepted explicit sub-steps),
+    `num_rejected_substeps`, `num_steps_stiff`, `time_nonstiff`, `time_stiff`,
+    `stiffness_max` (the largest `|lambda|` estimate) and, with `history`, the estimate and
+    method along the (sub-)steps. `num_steps` and `max_steps` count diffrax's steps: with
+    sub-steps, up to `4 * substeps` explicit steps each.
     """
 
     nonstiff: diffrax.AbstractRungeKutta = diffrax.Tsit5()
@@ -198,6 +304,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     futile_growth: int = eqx.field(default=8, static=True)
     max_switches: int = eqx.field(default=6, static=True)
     history: int = eqx.field(default=0, static=True)
+    substeps: int = eqx.field(default=16, static=True)
     root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=0, static=True)
 
@@ -217,7 +324,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 f"{self.stiff_ratio}"
             )
         for name in (
-            "stiff_after", "nonstiff_after", "reset_after", "max_switches", "futile_growth"
+            "stiff_after",
+            "nonstiff_after",
+            "reset_after",
+            "max_switches",
+            "futile_growth",
+            "substeps",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -229,10 +341,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     @classmethod
     def for_states(cls, num_states: int, **kwargs) -> "AutoSwitch":
-        """Tsit5 with a stiff method chosen by size: Rodas5P up to `DENSE_MAX_STATES`
-        states, matrix-free BDF (`linear_solver="gmres"`) above (`solve(solver="auto")`)."""
+        """Tsit5 with a stiff method chosen by size (`solve(solver="auto")`): up to
+        `DENSE_MAX_STATES` states Rodas5P and explicit sub-steps (`substeps`: the switching
+        costs more than a step of a small system), above matrix-free BDF
+        (`linear_solver="gmres"`) and one explicit step per step (f costs more than the
+        switching; sub-steps would hold dense output the size of `4 * substeps` steps)."""
         if num_states > DENSE_MAX_STATES:
             kwargs.setdefault("stiff", BDF(linear_solver="gmres"))
+            kwargs.setdefault("substeps", 1)
         return cls(**kwargs)
 
     def for_adjoint(self, adjoint: diffrax.AbstractAdjoint) -> "AutoSwitch":
@@ -290,14 +406,33 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             tuple(getattr(self.root_finder, k) for k in names),
         )
 
-    def _scale(self, y) -> Array | float:
-        """`atol + rtol |y|` (flat, as `|.|` of the state's components) with the controller's
-        tolerances; 1 when there are none (fixed steps)."""
-        rtol, atol = (getattr(self.root_finder, k, None) for k in ("rtol", "atol"))
+    def _tolerances(self) -> tuple | None:
+        """`(rtol, atol, norm)` of the step-size controller (diffrax hands them to the
+        `root_finder`) or of the `root_finder` given; None when there are none."""
+        rtol, atol, norm = (getattr(self.root_finder, k, None) for k in ("rtol", "atol", "norm"))
         if any(x is None or x is FROM_CONTROLLER for x in (rtol, atol)):
-            return 1.0
-        flat = jnp.abs(ravel_pytree(y)[0])
-        return jnp.asarray(atol, flat.dtype) + jnp.asarray(rtol, flat.dtype) * flat
+            return None
+        return rtol, atol, optx.rms_norm if norm is None or norm is FROM_CONTROLLER else norm
+
+    @property
+    def _substepping(self) -> bool:
+        return self.substeps > 1 and self._tolerances() is not None
+
+    @property
+    def _slots(self) -> int:
+        """The most explicit sub-steps one step holds (a step needing more is rejected)."""
+        return 4 * self.substeps if self._substepping else 1
+
+    def _flat_scale(self, y0, y1) -> Array:
+        """`atol + rtol max(|y0|, |y1|)` (flat states) with the controller's tolerances, as
+        its error control; 1 when there are none (fixed steps)."""
+        if self._tolerances() is None:
+            return jnp.ones(jnp.abs(y0).shape, jnp.abs(y0).dtype)
+        rtol, atol, _ = self._tolerances()
+        real = jnp.abs(y0).dtype
+        return jnp.asarray(atol, real) + jnp.asarray(rtol, real) * jnp.maximum(
+            jnp.abs(y0), jnp.abs(y1)
+        )
 
     def init(self, terms, t0, t1, y0, args) -> AutoSwitchState:
         v = power_iteration_start(terms, t0, t1, y0, args)
@@ -305,7 +440,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         real = v.dtype
         return AutoSwitchState(
             counters=jnp.zeros(len(_COUNTERS), jnp.int32),
-            times=jnp.zeros(4, tdtype),
+            times=jnp.zeros(5, tdtype).at[4].set(jnp.asarray(t1 - t0, tdtype)),
             stiffness_max=jnp.array(0.0, real),
             switch_times=jnp.full((self.max_switches,), jnp.nan, tdtype),
             history=(
@@ -332,40 +467,184 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         names = [k for k in SwitchStats.__dataclass_fields__ if self.history or "history" not in k]
         return {k: getattr(final_state.stats, k) for k in names}
 
-    def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
-        state = solver_state
-        switched = state.counters[_C["switched"]] == 1
-        stiff_solver = self._stiff_solver()
-        tdtype = jnp.result_type(t0, t1)
-        h = jnp.asarray(t1 - t0, tdtype)
-        shapes = {
-            "nonstiff": jax.eval_shape(
-                lambda: self.nonstiff.step(
-                    terms, t0, t1, y0, args, state.nonstiff_state, made_jump
-                )[2]
-            ),
-            "stiff": jax.eval_shape(
-                lambda: stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2]
-            ),
-        }
+    def _explicit_steps(self, terms, t0, t1, y0, args, state: AutoSwitchState, restart, tally):
+        """The non-stiff method from `t0` to `t1`: one step, or with `_substepping` explicit
+        steps under their own error control (the controller's tolerances and norm, the
+        I-controller of diffrax's `PIDController` with its defaults) until `t1`.
 
-        # The method switched to starts afresh at (t0, y0), inside its own branch so that
-        # the other method's steps do not pay for the check.
-        def nonstiff(_):
-            # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart)
-            y1, err, dense, inner, result = self.nonstiff.step(
-                terms, t0, t1, y0, args, state.nonstiff_state, jnp.logical_or(made_jump, switched)
+        Returns `(y1, y_error, dense, nonstiff_state, result, tally, next_substep)`. With
+        sub-steps, `y_error` is not an error estimate (each sub-step's error was controlled):
+        its norm is `(n / substeps)**error_order`, `n` the sub-steps of this length at the
+        size proposed last, below 1 (accepted) while `t1` is reached within `_slots`
+        sub-steps, so that the controller's next step holds about `substeps` of them."""
+        reverse = jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0
+        tdtype = jnp.result_type(t0, t1)
+
+        norm = (self._tolerances() or (None, None, optx.rms_norm))[2]
+
+        def attempt(t, tn, y, inner, restart, tally):
+            """One explicit step: its results, the tally with it observed, and its error
+            in the controller's norm."""
+            y1, err, dense, inner1, result = self.nonstiff.step(
+                terms, t, tn, y, args, inner, restart
             )
             # Decisions in the error control's norm, which sees components far below the
             # others (Robertson's y2); the reported |lambda| in the 2-norm, which for a
-            # normal Jacobian is at most its spectral radius (the scaled one is not).
-            h_lambda = explicit_stiffness(self.nonstiff.tableau, dense["k"], self._scale(y1))
-            h_lambda_2 = explicit_stiffness(self.nonstiff.tableau, dense["k"])
-            dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes["stiff"])}
-            return (y1, err, dense, inner, state.stiff_state, result, h_lambda, h_lambda_2,
-                    state.power_vector)  # fmt: skip
+            # normal Jacobian is at most its spectral radius (the scaled one is not). One
+            # reduction for both estimates and the RMS error norm (five separate ones
+            # cost a quarter of a Tsit5 step on small systems).
+            d_y, d_k = stage_differences(self.nonstiff.tableau, dense["k"])
+            scale = self._flat_scale(_flat(y), _flat(y1))
+            d_y, d_k, err_ = (jnp.abs(_flat(x)) for x in (d_y, d_k, err))
+            rows = [d_k / scale, d_y / scale, d_k, d_y, err_ / scale]
+            sums = jax.lax.stop_gradient(jnp.sum(jnp.stack(rows) ** 2, axis=1))
+            h_lambda, h_lambda_2 = (
+                jnp.where(b > 0, jnp.sqrt(a / jnp.where(b > 0, b, 1)), 0.0)
+                for a, b in (sums[0:2], sums[2:4])
+            )
+            if norm is optx.rms_norm:
+                ratio = jnp.sqrt(sums[4] / scale.size)
+            else:
+                scaled = _flat(err) / scale.astype(_flat(err).dtype)
+                ratio = jax.lax.stop_gradient(norm(_unflatten_like(scaled, err)))
+            observed = tally.observe(
+                self, tn - t, jnp.where(reverse, -tn, tn), h_lambda, h_lambda_2, False,
+                h_lambda > self.stiff_ratio * self.boundary,
+            )  # fmt: skip
+            return y1, err, dense, inner1, result, observed, ratio
+
+        if not self._substepping:
+            y1, err, dense, inner, result, tally, _ = attempt(
+                t0, t1, y0, state.nonstiff_state, restart, tally
+            )
+            dense = {
+                "t0": jnp.reshape(t0, (1,)),
+                "t1": jnp.reshape(t1, (1,)),
+                "steps": jax.tree.map(lambda x: x[None], dense),
+            }
+            return y1, err, dense, inner, result, tally, jnp.asarray(t1 - t0, tdtype)
+
+        slots = self._slots
+        exponent = -1.0 / float(self.nonstiff.error_order(terms))
+        dense_shape = jax.eval_shape(
+            lambda: self.nonstiff.step(terms, t0, t1, y0, args, state.nonstiff_state, False)[2]
+        )
+        first = tally.steps
+
+        # The loop's times travel as one vector, `(t, h)` (one fused update per sub-step);
+        # t = NaN ends the loop without reaching t1 (a rejected step).
+        def cond(carry):
+            clock, _, _, tally, _ = carry
+            accepted = tally.steps - first
+            return (clock[0] < t1) & (accepted < slots) & (accepted + tally.rejected < 2 * slots)
+
+        def body(carry):
+            (t, h), y, f, tally, buffers = carry
+            clipped = h >= t1 - t
+            tn = jnp.where(clipped, t1, t + h)
+            # An FSAL method's state is (first step, f(t, y)); known valid here, the first
+            # stage is skipped at trace time.
+            y1, err, dense, (_, f1), _, observed, ratio = attempt(
+                t, tn, y, (False, f), False, tally
+            )
+            finite = jnp.isfinite(ratio)
+            ok = finite & (ratio < 1)
+            factor = 0.9 * jnp.where(ratio > 0, ratio, 1e-10) ** exponent
+            factor = jnp.where(finite, jnp.clip(factor, 0.2, 10.0), 0.2).astype(tdtype)
+            # A step shortened to land on t1 does not shrink the next.
+            h_next = jnp.where(ok & clipped, jnp.maximum((tn - t) * factor, h), (tn - t) * factor)
+            # Slot i holds the i-th accepted sub-step; a rejected attempt leaves it unset.
+            i = tally.steps - first
+            b_t0, b_t1, b_dense = buffers
+            buffers = (
+                jax.lax.dynamic_update_index_in_dim(b_t0, t, i, 0),
+                jax.lax.dynamic_update_index_in_dim(b_t1, jnp.where(ok, tn, jnp.inf), i, 0),
+                jax.tree.map(
+                    lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, i, 0), b_dense, dense
+                ),
+            )
+            rejected = jnp.stack([0, 0, 0, _int32(~ok)])
+            tally = jax.tree.map(lambda a, b: jnp.where(ok, a, b), observed, tally)
+            tally = eqx.tree_at(lambda s: s.counts, tally, tally.counts + rejected)
+            keep = lambda a, b: jax.tree.map(lambda x, z: jnp.where(ok, x, z), a, b)  # noqa: E731
+            # A non-finite attempt ends the loop with its y: the controller sees it.
+            y = jax.tree.map(lambda x, z: jnp.where(ok | ~finite, x, z), y1, y)
+            t = jnp.where(ok, tn, jnp.where(finite, t, jnp.nan))
+            return jnp.stack([t, h_next]), y, keep(f1, f), tally, buffers
+
+        h0 = jnp.where(restart, (t1 - t0) / self.substeps, state.times[4]).astype(tdtype)
+        buffers = (
+            jnp.full((slots,), jnp.inf, tdtype),
+            jnp.full((slots,), jnp.inf, tdtype),
+            _zeros_like_shapes(
+                jax.tree.map(
+                    lambda s: jax.ShapeDtypeStruct((slots, *s.shape), s.dtype), dense_shape
+                )
+            ),
+        )
+        first_step, f0 = state.nonstiff_state
+        f0 = jax.lax.cond(first_step | restart, lambda: terms.vf(t0, y0, args), lambda: f0)
+        # diffrax never shortens the step after an accepted one (`PIDController`: factor
+        # >= 1), only after a rejection: a step holding more than twice the target at the
+        # present sub-step size is rejected before any work.
+        start = jnp.where((t1 - t0) / h0 > 2 * self.substeps, jnp.nan, t0)
+        carry = (jnp.stack([start, h0]).astype(tdtype), y0, f0, tally, buffers)
+        kind = {None: "checkpointed", "lax": "lax", "bounded": "bounded"}[self.nonstiff.scan_kind]
+        (t, h), y1, f1, tally, buffers = eqxi.while_loop(
+            cond, body, carry, max_steps=None if kind == "lax" else 2 * slots, kind=kind
+        )
+        # The number of sub-steps of the size proposed last that this step's length holds,
+        # over the target: below 1 when t1 was reached (accepted), above when not.
+        load = (t1 - t0) / h / self.substeps
+        load = jnp.where(t >= t1, jnp.clip(load, 1e-6, 0.99), jnp.maximum(load, 1.5))
+        load = load ** self.error_order(terms)
+        scale = self._flat_scale(_flat(y0), _flat(y1))
+        y_error = _unflatten_like(load.astype(scale.dtype) * scale, y0)
+        dense = {"t0": buffers[0], "t1": buffers[1], "steps": buffers[2]}
+        inner = (jnp.zeros_like(first_step), f1)
+        return y1, y_error, dense, inner, diffrax.RESULTS.successful, tally, h
+
+    def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
+        state = solver_state
+        c = state.counters
+        switched = c[_C["switched"]] == 1
+        mode = state.stiff_mode
+        stiff_solver = self._stiff_solver()
+        tdtype = jnp.result_type(t0, t1)
+        h = jnp.asarray(t1 - t0, tdtype)
+        first = c[_C["num_steps_nonstiff"]] + c[_C["num_steps_stiff"]]
+        tally = _Tally(
+            counts=jnp.stack([c[_C["streak"]], c[_C["contrary"]], first, jnp.array(0, jnp.int32)]),
+            stiffness_max=state.stiffness_max,
+            history=state.history,
+        )
+        # The stiff method pays for itself only with steps well beyond the explicit
+        # method's stability limit, the step it was switching from; a stint whose longest
+        # step stays short of that is "futile": back, and each futile stint multiplies the
+        # evidence needed for the next switch to it by futile_growth.
+        longest = jnp.where(mode, jnp.maximum(state.times[3], h), 0.0)
+        futile = mode & (longest < self.min_gain * state.times[2])
+        # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does a
+        # switch to it)
+        restart = jnp.logical_or(made_jump, switched)
+        shapes = jax.eval_shape(
+            lambda: (
+                self._explicit_steps(terms, t0, t1, y0, args, state, restart, tally)[2],
+                stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2],
+            )
+        )
+
+        def nonstiff(_):
+            y1, err, dense, inner, result, tally_, h_next = self._explicit_steps(
+                terms, t0, t1, y0, args, state, restart, tally
+            )
+            dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes[1])}
+            v = state.power_vector
+            return y1, err, dense, inner, state.stiff_state, result, tally_, h_next, v
 
         def stiff(_):
+            # The method switched to starts afresh at (t0, y0), inside its own branch so
+            # that the other method's steps do not pay for the check.
             inner = jax.lax.cond(
                 switched,
                 lambda: stiff_solver.init(terms, t0, t1, y0, args),
@@ -375,37 +654,24 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 terms, t0, t1, y0, args, inner, made_jump
             )
             v, lam = power_iteration_step(terms, t0, t1, y1, args, state.power_vector)
-            h_lambda = h.astype(lam.dtype) * lam
-            dense = {"nonstiff": _zeros_like_shapes(shapes["nonstiff"]), "stiff": dense}
-            return y1, err, dense, state.nonstiff_state, inner, result, h_lambda, h_lambda, v
+            h_lambda = jax.lax.stop_gradient(h.astype(lam.dtype) * lam)
+            t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
+            tally_ = tally.observe(
+                self, h, t_real, h_lambda, h_lambda, True,
+                (h_lambda < self.nonstiff_ratio * self.boundary) | futile,
+            )  # fmt: skip
+            # (the unused sub-step interpolants span [t0, t1]: no 0 / 0 in their evaluation)
+            unused = _zeros_like_shapes(shapes[0])
+            unused["t0"] = jnp.full_like(unused["t0"], t0)
+            unused["t1"] = jnp.full_like(unused["t1"], t1)
+            dense = {"nonstiff": unused, "stiff": dense}
+            return y1, err, dense, state.nonstiff_state, inner, result, tally_, state.times[4], v
 
-        y1, err, dense, ns_state, s_state, result, h_lambda, h_lambda_2, v = jax.lax.cond(
-            state.stiff_mode, stiff, nonstiff, None
+        y1, err, dense, ns_state, s_state, result, tally, h_next, v = jax.lax.cond(
+            mode, stiff, nonstiff, None
         )
-        h_lambda, h_lambda_2 = jax.lax.stop_gradient((h_lambda, h_lambda_2))
-        v = jax.lax.stop_gradient(v)
-        boundary = self.boundary
-        c = state.counters
-        mode = state.stiff_mode
-        # The stiff method pays for itself only with steps well beyond the explicit
-        # method's stability limit, the step it was switching from; a stint whose longest
-        # step stays short of that is "futile": back, and each futile stint multiplies the
-        # evidence needed for the next switch to it by futile_growth.
-        longest = jnp.where(mode, jnp.maximum(state.times[3], h), 0.0)
-        futile = mode & (longest < self.min_gain * state.times[2])
-        toward_other = jnp.where(
-            mode,
-            (h_lambda < self.nonstiff_ratio * boundary) | futile,
-            h_lambda > self.stiff_ratio * boundary,
-        )
-        # As Hairer's DOPRI5 stiffness test: the count survives a few contrary steps (a
-        # step shrunk after a rejection is not a sign of relaxation).
-        contrary = jnp.where(toward_other, 0, c[_C["contrary"]] + 1)
-        streak = jnp.where(
-            toward_other,
-            c[_C["streak"]] + 1,
-            jnp.where(contrary >= self.reset_after, 0, c[_C["streak"]]),
-        )
+        tally, v = jax.lax.stop_gradient((tally, v))
+        steps = tally.steps - first
         growth = self.futile_growth ** jnp.minimum(c[_C["futile"]], self._futile_power_cap)
         needed = jnp.where(mode, self.nonstiff_after, self.stiff_after * growth)
         # At most max_switches. Back from the stiff method only while a last switch to it
@@ -414,17 +680,18 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         room = c[_C["num_switches"]] + 1 < self.max_switches
         left = c[_C["num_switches"]] < self.max_switches
         may = jnp.where(mode, room | (futile & left), left & (room | (c[_C["futile"]] == 0)))
-        switch = (streak >= needed) & may
+        switch = (tally.streak >= needed) & may
         counters = jnp.stack(
             [
                 _int32(mode ^ switch),
                 _int32(switch),
-                jnp.where(switch, 0, streak),
-                jnp.where(switch, 0, contrary),
+                jnp.where(switch, 0, tally.streak),
+                jnp.where(switch, 0, tally.contrary),
                 c[_C["num_switches"]] + _int32(switch),
-                c[_C["num_steps_nonstiff"]] + _int32(~mode),
-                c[_C["num_steps_stiff"]] + _int32(mode),
+                c[_C["num_steps_nonstiff"]] + jnp.where(mode, 0, steps),
+                c[_C["num_steps_stiff"]] + jnp.where(mode, steps, 0),
                 jnp.minimum(c[_C["futile"]] + _int32(switch & mode & futile), 10),
+                c[_C["rejected_substeps"]] + tally.rejected,
             ]
         )
         # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
@@ -432,26 +699,20 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         index = jnp.minimum(c[_C["num_switches"]], self.max_switches - 1)
         at_index = jnp.arange(self.max_switches, dtype=jnp.int32) == index
         switch_times = jnp.where(switch & at_index, t_real, state.switch_times)
-        stiffness = (h_lambda_2 / h).astype(state.stiffness_max.dtype)
-        history = state.history
-        if self.history:
-            step_index = c[_C["num_steps_nonstiff"]] + c[_C["num_steps_stiff"]]
-            at = jnp.arange(self.history, dtype=jnp.int32) == step_index % self.history
-            new = (t_real, stiffness, (h_lambda / boundary).astype(stiffness.dtype), mode)
-            history = tuple(jnp.where(at, a, b) for a, b in zip(new, history, strict=True))
         new_state = AutoSwitchState(
             counters=counters,
-            times=jnp.concatenate(
+            times=jnp.stack(
                 [
-                    state.times[:2]
-                    + jnp.where(jnp.arange(2, dtype=jnp.int32) == _int32(mode), h, 0.0),
-                    jnp.where(switch & ~mode, h, state.times[2:3]),
-                    longest[None],
+                    state.times[0] + jnp.where(mode, 0.0, h),
+                    state.times[1] + jnp.where(mode, h, 0.0),
+                    jnp.where(switch & ~mode, h_next, state.times[2]),
+                    longest,
+                    h_next,
                 ]
-            ),
-            stiffness_max=jnp.maximum(state.stiffness_max, stiffness),
+            ).astype(tdtype),
+            stiffness_max=tally.stiffness_max,
             switch_times=switch_times,
-            history=history,
+            history=tally.history,
             nonstiff_state=ns_state,
             stiff_state=s_state,
             power_vector=v,

@@ -47,6 +47,21 @@ def _norm(tree, scale) -> Array:
     return jnp.sqrt(jnp.sum((jnp.abs(flat) / scale) ** 2))
 
 
+def stage_differences(
+    tableau: diffrax.ButcherTableau, ks: PyTree[Array]
+) -> tuple[PyTree[Array], PyTree[Array]]:
+    """`(Y_s - Y_{s-1}, k_s - k_{s-1})` from the stage increments `ks` (leading axis:
+    stages) of an explicit step whose last two stages are at `t1` (`explicit_stiffness`)."""
+    weights = np.asarray(tableau.b_sol, float).copy()  # Y_s = y0 + sum b_j k_j (FSAL)
+    weights[: len(tableau.a_lower[-2])] -= tableau.a_lower[-2]  # minus Y_{s-1}'s row
+    # (written out: a `dot` over 7 stages is a library call per step on XLA:CPU)
+    d_y = jax.tree.map(
+        lambda k: rows_sum(jnp.stack([float(w) * k[i] for i, w in enumerate(weights) if w])),
+        ks,
+    )
+    return d_y, jax.tree.map(lambda k: k[-1] - k[-2], ks)
+
+
 def explicit_stiffness(
     tableau: diffrax.ButcherTableau, ks: PyTree[Array], scale: Array | float = 1.0
 ) -> Array:
@@ -55,14 +70,7 @@ def explicit_stiffness(
     the norm `||x / scale||_2` (`scale`: flat, e.g. `atol + rtol |y|`, so that components
     far below the others still count, as the error control sees them; exact for a linear
     field in any norm when the difference lies along one eigenvector)."""
-    weights = np.asarray(tableau.b_sol, float).copy()  # Y_s = y0 + sum b_j k_j (FSAL)
-    weights[: len(tableau.a_lower[-2])] -= tableau.a_lower[-2]  # minus Y_{s-1}'s row
-    # (written out: a `dot` over 7 stages is a library call per step on XLA:CPU)
-    d_y = jax.tree.map(
-        lambda k: rows_sum(jnp.stack([float(w) * k[i] for i, w in enumerate(weights) if w])),
-        ks,
-    )
-    d_k = jax.tree.map(lambda k: k[-1] - k[-2], ks)
+    d_y, d_k = stage_differences(tableau, ks)
     size = _norm(d_y, scale)
     return jnp.where(size > 0, _norm(d_k, scale) / jnp.where(size > 0, size, 1), 0.0)
 
