@@ -103,7 +103,7 @@ def test_no_switch_on_a_non_stiff_problem():
     np.testing.assert_allclose(one.ys[-1], tsit5.ys[-1], rtol=1e-12)
     assert int(auto.stats["num_steps"]) < int(auto.stats["num_steps_nonstiff"]) / 10
     ratio = int(auto.stats["num_steps_nonstiff"]) / int(tsit5.stats["num_accepted_steps"])
-    assert 0.9 <= ratio <= 1.15, ratio  # measured 1.05
+    assert 0.9 <= ratio <= 1.15, ratio  # measured 1.02
     ref = solve_ivp(lambda t, y: np.asarray(_lorenz(t, y, None)), (0.0, 10.0), np.ones(3),
                     method="DOP853", rtol=1e-13, atol=1e-13).y[:, -1]  # fmt: skip
     # Relative errors at t = 10 of independent methods at this tolerance: Tsit5 7.5e-7,
@@ -321,4 +321,4 @@ def test_dense_output_through_the_explicit_sub_steps():
     for t0, t1 in ((0.0, 20.0), (20.0, 0.0)):
         error, auto = dense_error("auto", t0, t1)
         assert int(auto.stats["num_steps"]) * 5 < int(auto.stats["num_steps_nonstiff"])
-        assert error < bound, (t0, error, bound)  # measured 2.9e-8 both ways
+        assert error < bound, (t0, error, bound)  # measured 3.4e-8 both ways

@@ -534,9 +534,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # The loop's times travel as one vector, `(t, h)` (one fused update per sub-step);
         # t = NaN ends the loop without reaching t1 (a rejected step).
         def cond(carry):
-            clock, _, _, tally, _ = carry
+            (t, h), _, _, tally, _ = carry
             accepted = tally.steps - first
-            return (clock[0] < t1) & (accepted < slots) & (accepted + tally.rejected < 2 * slots)
+            # (ended as soon as the sub-steps still needed at the present size would not fit)
+            fits = accepted.astype(h.dtype) + (t1 - t) / h <= 2 * slots
+            return (t < t1) & fits & (accepted + tally.rejected < 2 * slots)
 
         def body(carry):
             (t, h), y, f, tally, buffers = carry
@@ -550,7 +552,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             finite = jnp.isfinite(ratio)
             ok = finite & (ratio < 1)
             factor = 0.9 * jnp.where(ratio > 0, ratio, 1e-10) ** exponent
-            factor = jnp.where(finite, jnp.clip(factor, 0.2, 10.0), 0.2).astype(tdtype)
+            # (diffrax's PIDController: an accepted step never shrinks the next)
+            factor = jnp.where(
+                ok, jnp.clip(factor, 1.0, 10.0), jnp.where(finite, jnp.clip(factor, 0.2, 0.9), 0.2)
+            ).astype(tdtype)
             # A step shortened to land on t1 does not shrink the next.
             h_next = jnp.where(ok & clipped, jnp.maximum((tn - t) * factor, h), (tn - t) * factor)
             # Slot i holds the i-th accepted sub-step; a rejected attempt leaves it unset.
