@@ -262,10 +262,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             switch counts toward switching back (the stiff method costs more per step).
         futile_growth: each stiff stint ended that way multiplies `stiff_after` by this
             for the next switch to `stiff`. 8 against 2 (`benchmarks/auto_switching.py`,
-            `futile_growth` section, one run): the digits gradient flow, mildly stiff where
-            BDF never pays, tries the stiff method three times with 2 (1.41x Tsit5's time,
-            467 steps) and twice with 8 (1.29x, 442); HIRES 0.69x / 0.66x Rodas5P (259 /
-            277 steps). 4 and 16 were tried by hand: 16 makes HIRES take 378 steps.
+            `futile_growth` section): the digits gradient flow, mildly stiff where BDF never
+            pays, tries the stiff method three times with 2 (467 steps) and twice with 8
+            (442); its times, 1.41x and 1.29x Tsit5's in one run, 1.40x and 1.47x in the
+            next, are within the run-to-run spread. 4 and 16 were tried by hand (before the
+            explicit sub-steps): 16 made HIRES take 378 steps against 277.
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays,
@@ -275,12 +276,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         substeps: with the non-stiff method, one diffrax step is about this many explicit
             sub-steps under their own error control (the controller's `rtol`, `atol`,
             `norm`), so that the switching machinery runs once per `substeps` explicit
-            steps; the stiffness rule still sees every sub-step. A step that would need
-            more than `2 * substeps` at the present sub-step size is rejected before any
-            work, one that reaches `4 * substeps` on the way is rejected there (diffrax
-            shortens a step only after a rejection). 1: one explicit step per diffrax
-            step, its error handed to the controller (what `for_states` picks above
-            `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no `root_finder`
+            steps; the stiffness rule still sees every sub-step. diffrax shortens a step
+            only after a rejection: a step that would need more than `2 * substeps` at the
+            present sub-step size is rejected before any work, one whose sub-steps shrink
+            on the way as soon as they reach `4 * substeps` (the dense output's slots) or
+            those still needed would take it past `8 * substeps`. 1: one explicit step
+            per diffrax step, its error handed to the controller (what `for_states` picks
+            above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no `root_finder`
             tolerances) always 1; fixed steps with `root_finder` tolerances are each
             covered by sub-steps under those.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
