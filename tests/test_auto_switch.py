@@ -7,13 +7,21 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 from scipy.integrate import solve_ivp
 
 import stiffnode as sn
 from _references import REFERENCES, scaled_error, spread_bound
 from stiffnode import problems
-from stiffnode.solvers import BDF, AutoSwitch, Rodas5P, explicit_stiffness, stability_boundary
+from stiffnode.solvers import (
+    BDF,
+    AutoSwitch,
+    ControllerTolerances,
+    Rodas5P,
+    explicit_stiffness,
+    stability_boundary,
+)
 from stiffnode.solvers.auto_switch import DENSE_MAX_STATES
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
@@ -322,3 +330,21 @@ def test_dense_output_through_the_explicit_sub_steps():
         error, auto = dense_error("auto", t0, t1)
         assert int(auto.stats["num_steps"]) * 5 < int(auto.stats["num_steps_nonstiff"])
         assert error < bound, (t0, error, bound)  # measured 3.4e-8 both ways
+
+
+def test_fixed_steps_are_the_callers():
+    """Under fixed steps `solve` takes one Tsit5 step per step (Lorenz: Tsit5's solve); a
+    direct `diffeqsolve` with tolerances covers each fixed step by sub-steps, and one that
+    needs more than it holds ends the solve with an error, never a state short of t1."""
+    args = (_lorenz, jnp.ones(3), 0.0, 1.0)
+    fixed = dict(stepsize_controller="constant", dt0=0.05)
+    auto = sn.solve(*args, solver="auto", **fixed)
+    tsit5 = sn.solve(*args, solver="tsit5", **fixed)
+    np.testing.assert_allclose(auto.ys[-1], tsit5.ys[-1], rtol=1e-12)
+    assert int(auto.stats["num_steps"]) == int(tsit5.stats["num_steps"]) == 20
+    solver = AutoSwitch(root_finder=ControllerTolerances(1e-8, 1e-8, optx.rms_norm))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_lorenz), solver, 0.0, 1.0, 0.5, jnp.ones(3),
+        stepsize_controller=diffrax.ConstantStepSize(), throw=False,
+    )  # fmt: skip
+    assert sol.result == diffrax.RESULTS.dt_min_reached

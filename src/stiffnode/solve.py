@@ -484,8 +484,6 @@ def solve(
         max_steps,
     )
     adjoint = _adjoint(adjoint)
-    if isinstance(solver, AutoSwitch):
-        solver = solver.for_adjoint(adjoint)
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
@@ -495,6 +493,9 @@ def solve(
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
+    if isinstance(solver, AutoSwitch):
+        solver = solver.for_adjoint(adjoint)
+        solver = solver.for_fixed_steps() if fixed_steps else solver
     solver = _with_tolerances(solver, controller, rtol, atol)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(*given_times[:2]):

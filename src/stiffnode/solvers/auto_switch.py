@@ -22,6 +22,7 @@ stiffness rule; the choice of method is made once per diffrax step, whose length
 controller sizes from the count of sub-steps it held (`_explicit_steps`).
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -282,9 +283,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             on the way as soon as they reach `4 * substeps` (the dense output's slots) or
             those still needed would take it past `8 * substeps`. 1: one explicit step
             per diffrax step, its error handed to the controller (what `for_states` picks
-            above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no `root_finder`
-            tolerances) always 1; fixed steps with `root_finder` tolerances are each
-            covered by sub-steps under those.
+            above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no
+            `root_finder` tolerances) always 1; `stiffnode.solve` makes it 1 under fixed
+            steps (`for_fixed_steps`).
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
@@ -352,6 +353,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             kwargs.setdefault("stiff", BDF(linear_solver="gmres"))
             kwargs.setdefault("substeps", 1)
         return cls(**kwargs)
+
+    def for_fixed_steps(self) -> "AutoSwitch":
+        """`self` with one explicit step per step (`substeps=1`), for fixed steps
+        (`stiffnode.solve` does this itself): with `root_finder` tolerances each fixed step
+        would otherwise be covered by sub-steps, and one needing more than `4 * substeps`
+        of them would end the solve (`RESULTS.dt_min_reached`)."""
+        return dataclasses.replace(self, substeps=1)
 
     def for_adjoint(self, adjoint: diffrax.AbstractAdjoint) -> "AutoSwitch":
         """`self` with its Runge-Kutta methods' stage loops as diffrax sets a Runge-Kutta
@@ -609,7 +617,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         y_error = _unflatten_like(load.astype(scale.dtype) * scale, y0)
         dense = {"t0": buffers[0], "t1": buffers[1], "steps": buffers[2]}
         inner = (jnp.zeros_like(first_step), f1)
-        return y1, y_error, dense, inner, diffrax.RESULTS.successful, tally, h
+        # A step that did not reach t1 is rejected by an adaptive controller (which ignores
+        # the result of a rejected step); one kept regardless (fixed steps, dtmin) ends the
+        # solve with this result rather than with a state that is not at t1.
+        result = diffrax.RESULTS.where(
+            t >= t1, diffrax.RESULTS.successful, diffrax.RESULTS.dt_min_reached
+        )
+        return y1, y_error, dense, inner, result, tally, h
 
     def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
         state = solver_state
