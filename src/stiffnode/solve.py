@@ -493,9 +493,10 @@ def solve(
             backward = diffrax.StepTo(controller.ts[::-1])
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
+    saveat = _saveat(saveat)
     if isinstance(solver, AutoSwitch):
         solver = solver.for_adjoint(adjoint)
-        solver = solver.for_fixed_steps() if fixed_steps else solver
+        solver = solver.without_substeps() if fixed_steps or saveat.dense else solver
     solver = _with_tolerances(solver, controller, rtol, atol)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(*given_times[:2]):
@@ -510,7 +511,6 @@ def solve(
     )
     if adaptive_start:
         dt0 = _initial_step(terms, solver, t0, t1, y0, args, rtol, atol)
-    saveat = _saveat(saveat)
     # A solver with statistics of its own (`AutoSwitch`, `StiffnessMonitor`) keeps them in
     # its state.
     reporter = solver if hasattr(solver, "solve_stats") else None

@@ -285,7 +285,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             per diffrax step, its error handed to the controller (what `for_states` picks
             above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no
             `root_finder` tolerances) always 1; `stiffnode.solve` makes it 1 under fixed
-            steps (`for_fixed_steps`).
+            steps and with `SaveAt(dense=True)` (`without_substeps`).
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
@@ -354,11 +354,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             kwargs.setdefault("substeps", 1)
         return cls(**kwargs)
 
-    def for_fixed_steps(self) -> "AutoSwitch":
-        """`self` with one explicit step per step (`substeps=1`), for fixed steps
-        (`stiffnode.solve` does this itself): with `root_finder` tolerances each fixed step
-        would otherwise be covered by sub-steps, and one needing more than `4 * substeps`
-        of them would end the solve (`RESULTS.dt_min_reached`)."""
+    def without_substeps(self) -> "AutoSwitch":
+        """`self` with one explicit step per diffrax step (`substeps=1`). `stiffnode.solve`
+        uses it under fixed steps (with `root_finder` tolerances each fixed step would be
+        covered by sub-steps, and one needing more than `4 * substeps` of them would end
+        the solve with `RESULTS.dt_min_reached`) and with `SaveAt(dense=True)` (diffrax
+        stores every step's dense output for `max_steps` steps: with sub-steps, 64
+        sub-steps' each)."""
         return dataclasses.replace(self, substeps=1)
 
     def for_adjoint(self, adjoint: diffrax.AbstractAdjoint) -> "AutoSwitch":
