@@ -479,6 +479,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         names = [k for k in SwitchStats.__dataclass_fields__ if self.history or "history" not in k]
         return {k: getattr(final_state.stats, k) for k in names}
 
+    def _explicit_dense_shape(self, terms, t0, t1, y0, args, state: AutoSwitchState) -> dict:
+        """The shapes of `_explicit_steps`' dense information: for each of the `_slots`
+        sub-steps its `(t0, t1)` and its method's dense information."""
+        step = jax.eval_shape(
+            lambda: self.nonstiff.step(terms, t0, t1, y0, args, state.nonstiff_state, False)[2]
+        )
+        slots = lambda s: jax.ShapeDtypeStruct((self._slots, *s.shape), s.dtype)  # noqa: E731
+        time = jax.ShapeDtypeStruct((), jnp.result_type(t0, t1))
+        return {"t0": slots(time), "t1": slots(time), "steps": jax.tree.map(slots, step)}
+
     def _explicit_steps(self, terms, t0, t1, y0, args, state: AutoSwitchState, restart, tally):
         """The non-stiff method from `t0` to `t1`: one step, or with `_substepping` explicit
         steps under their own error control (the controller's tolerances and norm, the
@@ -530,17 +540,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 t0, t1, y0, state.nonstiff_state, restart, tally
             )
             dense = {
-                "t0": jnp.reshape(t0, (1,)),
-                "t1": jnp.reshape(t1, (1,)),
+                "t0": jnp.reshape(t0, (1,)).astype(tdtype),
+                "t1": jnp.reshape(t1, (1,)).astype(tdtype),
                 "steps": jax.tree.map(lambda x: x[None], dense),
             }
             return y1, err, dense, inner, result, tally, jnp.asarray(t1 - t0, tdtype)
 
         slots = self._slots
         exponent = -1.0 / float(self.nonstiff.error_order(terms))
-        dense_shape = jax.eval_shape(
-            lambda: self.nonstiff.step(terms, t0, t1, y0, args, state.nonstiff_state, False)[2]
-        )
         first = tally.steps
 
         # The loop's times travel as one vector, `(t, h)` (one fused update per sub-step);
@@ -593,11 +600,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         buffers = (
             jnp.full((slots,), jnp.inf, tdtype),
             jnp.full((slots,), jnp.inf, tdtype),
-            _zeros_like_shapes(
-                jax.tree.map(
-                    lambda s: jax.ShapeDtypeStruct((slots, *s.shape), s.dtype), dense_shape
-                )
-            ),
+            _zeros_like_shapes(self._explicit_dense_shape(terms, t0, t1, y0, args, state)["steps"]),
         )
         first_step, f0 = state.nonstiff_state
         f0 = jax.lax.cond(first_step | restart, lambda: terms.vf(t0, y0, args), lambda: f0)
@@ -650,11 +653,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does a
         # switch to it)
         restart = jnp.logical_or(made_jump, switched)
-        shapes = jax.eval_shape(
-            lambda: (
-                self._explicit_steps(terms, t0, t1, y0, args, state, restart, tally)[2],
-                stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2],
-            )
+        shapes = (
+            self._explicit_dense_shape(terms, t0, t1, y0, args, state),
+            jax.eval_shape(
+                lambda: stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2]
+            ),
         )
 
         def nonstiff(_):
