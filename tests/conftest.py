@@ -29,6 +29,15 @@ jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
+# A size limit (far above the suite's needs) makes JAX guard every cache read and write with
+# a file lock (`jax._src.lru_cache`; without one a write is a plain `write_bytes`): a worker
+# reading an entry that another is still writing deserialised a truncated executable and
+# aborted (twice in one day of CI runs, in tests/test_study.py).
+# (Set through the environment too, for the notebooks' kernels and the subprocesses.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
+jax.config.update(
+    "jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+)
 
 # Test id prefixes of the long tests, longest first.
 _LONG_FIRST = (
