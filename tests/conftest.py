@@ -6,6 +6,7 @@ the end. They are moved to the front, longest first (their durations as measured
 2-core machine).
 """
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -29,10 +30,9 @@ jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
-# A size limit (far above the suite's needs) makes JAX guard every cache read and write with
-# a file lock (`jax._src.lru_cache`; without one a write is a plain `write_bytes`): a worker
-# reading an entry that another is still writing deserialised a truncated executable and
-# aborted (twice in one day of CI runs, in tests/test_study.py).
+# A size limit (far above the suite's needs) makes JAX take a file lock around every cache
+# read and write (`jax._src.lru_cache`; without one a write is a plain `write_bytes`, and a
+# worker can read an entry another is still writing: a warning and a recompilation).
 # (Set through the environment too, for the notebooks' kernels and the subprocesses.)
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 jax.config.update(
@@ -95,3 +95,29 @@ def _module_precision(request):
 def _test_precision(request):
     """The same for one test marked `@pytest.mark.x64` in an unmarked module."""
     yield from _precision(request)
+
+
+# Every XLA:CPU executable a worker has loaded holds its own memory maps (a few per kernel:
+# the solvers' programs have thousands), and jit keeps every executable it compiled. An
+# xdist worker running half the suite reached ~26,000 maps after two test modules; at the
+# kernel's limit (`vm.max_map_count`, 65,530 by default) the next mmap fails and the worker
+# dies in XLA with SIGSEGV or SIGABRT, in whichever test compiles or loads a program then
+# (reproduced with the limit lowered to 12,000). JAX's in-memory caches are emptied after a
+# test that leaves the process above a third of the limit; a program needed again comes back
+# from the persistent cache above.
+_MAPS = Path("/proc/self/maps")
+_MAP_LIMIT = Path("/proc/sys/vm/max_map_count")
+
+
+def _map_count() -> int:
+    with _MAPS.open("rb") as maps:
+        return sum(1 for _ in maps)
+
+
+@pytest.fixture(autouse=True)
+def _release_executables():
+    yield
+    if _MAPS.exists() and _MAP_LIMIT.exists():
+        if _map_count() > int(_MAP_LIMIT.read_text()) // 3:
+            jax.clear_caches()
+            gc.collect()
