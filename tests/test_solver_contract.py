@@ -29,6 +29,7 @@ from stiffnode.solvers import (
     Rodas5P,
     Rosenbrock23,
     SolverStepController,
+    for_solve,
 )
 
 BOUND = 1000
@@ -317,7 +318,7 @@ def test_gradients(name, adjoint):
     def end(params):
         k, y0 = params
         mode = diffrax.ForwardMode() if adjoint == "forward" else ADJOINTS[adjoint]()
-        s = solver.for_adjoint(mode) if isinstance(solver, AutoSwitch) else solver
+        s = for_solve(solver, adjoint=mode, fixed_steps=False, dense=False)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(lambda t, y, k: -k * y), s, 0.0, 1.0, None, y0, args=k,
             stepsize_controller=ctrl, adjoint=mode,
@@ -345,7 +346,7 @@ def test_forward_mode_through_a_wrapped_runge_kutta_solver(wrapping):
     """Tsit5 inside `StiffnessMonitor`, `JumpAwareSolver` or `AutoSwitch` under
     `diffrax.ForwardMode` through `stiffnode.solve`: diffrax switches a Runge-Kutta solver's
     stage loop to one `jax.jvp` can go through, also through a wrapper (`AutoSwitch`:
-    `for_adjoint`); d y(1) / dk of y' = -k y is -e^-k."""
+    `solvers.for_solve`); d y(1) / dk of y' = -k y is -e^-k."""
 
     def end(k):
         sol = sn.solve(lambda t, y, k: -k * y, jnp.ones(1), 0.0, 1.0, args=k, rtol=RTOL,

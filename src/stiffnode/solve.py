@@ -27,6 +27,7 @@ from .solvers import (
     Rosenbrock23,
     SolverStepController,
     StiffnessMonitor,
+    for_solve,
     initial_step_size,
     solver_stats_of,
 )
@@ -494,9 +495,7 @@ def solve(
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
     saveat = _saveat(saveat)
-    if isinstance(solver, AutoSwitch):
-        solver = solver.for_adjoint(adjoint)
-        solver = solver.without_substeps() if fixed_steps or saveat.dense else solver
+    solver = for_solve(solver, adjoint=adjoint, fixed_steps=fixed_steps, dense=saveat.dense)
     solver = _with_tolerances(solver, controller, rtol, atol)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(*given_times[:2]):

@@ -34,6 +34,7 @@ from .self_controlled import (
     ReportingNorm,
     StepReport,
 )
+from .solve_setup import for_solve
 from .stiffness_estimate import StiffnessMonitor, explicit_stiffness, stability_boundary
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "SwitchStats",
     "StiffnessMonitor",
     "explicit_stiffness",
+    "for_solve",
     "stability_boundary",
     "BDF",
     "FROM_CONTROLLER",

@@ -288,7 +288,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             per diffrax step, its error handed to the controller (what `for_states` picks
             above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no
             `root_finder` tolerances) always 1; `stiffnode.solve` makes it 1 under fixed
-            steps and with `SaveAt(dense=True)` (`without_substeps`).
+            steps and with `SaveAt(dense=True)` (`for_solve`, `without_substeps`).
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
@@ -357,6 +357,15 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             kwargs.setdefault("substeps", 1)
         return cls(**kwargs)
 
+    def for_solve(
+        self, *, adjoint: diffrax.AbstractAdjoint, fixed_steps: bool, dense: bool
+    ) -> "AutoSwitch":
+        """`self` set up for a solve (`solvers.for_solve`, called by `stiffnode.solve`):
+        `for_adjoint(adjoint)`, and `without_substeps()` under fixed steps or with
+        `SaveAt(dense=True)`."""
+        solver = self.for_adjoint(adjoint)
+        return solver.without_substeps() if fixed_steps or dense else solver
+
     def without_substeps(self) -> "AutoSwitch":
         """`self` with one explicit step per diffrax step (`substeps=1`). `stiffnode.solve`
         uses it under fixed steps (with `root_finder` tolerances each fixed step would be
@@ -370,8 +379,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         """`self` with its Runge-Kutta methods' stage loops as diffrax sets a Runge-Kutta
         solver's own under `adjoint` (diffrax cannot see inside `AutoSwitch`):
         `ForwardMode` needs a plain loop (the default stage loop is a `custom_vjp`, which
-        `jax.jvp` cannot go through), `DirectAdjoint` a bounded one; `stiffnode.solve` does
-        this itself, a direct `diffrax.diffeqsolve` call with those adjoints needs it."""
+        `jax.jvp` cannot go through), `DirectAdjoint` a bounded one; the sub-step loop
+        follows the same choice. `for_solve` does this."""
         if isinstance(adjoint, diffrax.ForwardMode):
             kind = "lax"
         elif isinstance(adjoint, diffrax.DirectAdjoint):
