@@ -18,7 +18,7 @@ def _combination(y0, weights, ks):
     """`y0 + sum_j weights[j] ks[j]` over the nonzero weights (Python floats: weakly typed,
     folded into the kernel)."""
     out = y0
-    for w, k in zip(weights, ks, strict=False):
+    for w, k in zip(weights, ks, strict=True):
         if w != 0:
             out = jax.tree.map(lambda o, x, w=float(w): o + w * x, out, k)
     return out
