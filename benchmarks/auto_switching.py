@@ -19,7 +19,7 @@ skips problems already there unless `--fresh`) and `auto_switching.png`: the sti
 estimate and the method in use along van der Pol mu = 1e3.
 
 Run: `python benchmarks/auto_switching.py [--problems vdp_1e3 ...] [--fresh] [--plot-only]
-[--only floor futile_growth substeps]`.
+[--only floor futile_growth substeps vmapped]`.
 """
 
 import jax
@@ -373,7 +373,47 @@ def substeps(repeats, names=("lorenz", "vdp_1", "vdp_10", "hires"), counts=(1, 1
     return _auto_variants(repeats, names, {f"auto substeps {k}": {"substeps": k} for k in counts})
 
 
-SECTIONS = {"floor": floor, "futile_growth": futile_growth, "substeps": substeps}
+def vmapped(repeats, lanes=64):
+    """`lanes` solves under one `jax.vmap`, where the conditional between the methods runs
+    both (a batched predicate): Lorenz from `lanes` initial states against Tsit5 vmapped;
+    van der Pol with mu from 1 to 1e3 (lanes in different methods at once, to t = 20)
+    against the same solves one after another."""
+    solvers = {"auto": "auto", "auto substeps 1": AutoSwitch(substeps=1)}
+
+    def batch(f, y0s, args, solver, t1):
+        def one(y0, a):
+            sol = sn.solve(f, y0, 0.0, t1, args=a, solver=solver, rtol=RTOL, atol=1e-8,
+                           max_steps=MAX_STEPS)  # fmt: skip
+            return sol.ys[-1]
+
+        return jax.jit(jax.vmap(one)), (y0s, args)
+
+    y0s = jnp.ones((lanes, 3)) + 0.1 * jnp.arange(lanes)[:, None]
+    lorenz = {k: batch(_lorenz, y0s, jnp.zeros(lanes), s, 5.0)
+              for k, s in {"tsit5": "tsit5", **solvers}.items()}  # fmt: skip
+    vdp = problems.van_der_pol()
+    mus = jnp.logspace(0, 3, lanes)
+    y0s = jnp.broadcast_to(jnp.asarray(vdp.y0), (lanes, 2))
+    van_der_pol = {k: batch(vdp.vector_field, y0s, mus, s, 20.0) for k, s in solvers.items()}
+    single, _ = batch(vdp.vector_field, y0s[:1], mus[:1], "auto", 20.0)
+    out = {}
+    for name, cases, anchor in (("lorenz", lorenz, "tsit5"), ("vdp_1_to_1e3", van_der_pol, None)):
+        runs = {k: (lambda f=f, a=a: f(*a)) for k, (f, a) in cases.items()}
+        if anchor is None:
+            anchor = "auto, one lane at a time"
+            parts = [(y0s[i : i + 1], mus[i : i + 1]) for i in range(lanes)]
+            runs[anchor] = lambda parts=parts: [single(*part) for part in parts]
+        for run in runs.values():
+            jax.block_until_ready(run())
+        seconds = _interleaved_medians(runs, repeats)
+        ratios = {k: v / seconds[anchor] for k, v in seconds.items()}
+        out[name] = {"lanes": lanes, "seconds": seconds, f"over_{anchor}": ratios}
+    return out
+
+
+SECTIONS = {
+    "floor": floor, "futile_growth": futile_growth, "substeps": substeps, "vmapped": vmapped,
+}  # fmt: skip
 
 
 def trace_van_der_pol():
