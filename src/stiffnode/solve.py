@@ -233,7 +233,9 @@ def _initial_step(terms, solver, t0, t1, y0, args, rtol, atol):
             out = jtu.tree_map(lambda *parts: sum(parts), *out)
         return out
 
-    return initial_step_size(f, t0, t1, y0, rtol, atol, solver.error_order(terms))
+    # (a solver that starts with one of its methods, `AutoSwitch`, sizes it for that one)
+    error_order = getattr(solver, "first_error_order", solver.error_order)(terms)
+    return initial_step_size(f, t0, t1, y0, rtol, atol, error_order)
 
 
 def _forward_in_time(t0, t1) -> bool:

@@ -38,6 +38,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .bdf import BDF
 from .explicit_step import explicit_rk_step
+from .packed import Packed, pack
 from .rosenbrock import Rodas5P
 from .self_controlled import FROM_CONTROLLER, ControllerTolerances
 from .stiffness_estimate import (
@@ -92,6 +93,9 @@ _C = {name: i for i, name in enumerate(_COUNTERS)}
 
 
 class AutoSwitchState(eqx.Module):
+    """`AutoSwitch`'s state as a step reads it; diffrax carries it packed, one flat array per
+    dtype (`packed.pack`; `Solution.solver_state.unpack()` gives it back)."""
+
     counters: Int[Array, " 9"]  # `_COUNTERS`
     times: Float[Array, " 5"]  # time_nonstiff, time_stiff; the explicit step size before the
     # switch to the stiff method, the longest stiff step since; the next explicit sub-step
@@ -99,7 +103,7 @@ class AutoSwitchState(eqx.Module):
     switch_times: Float[Array, " max_switches"]
     history: tuple[Array, Array, Array, Array]  # t, |lambda|, h |lambda| / B, stiff
     nonstiff_state: PyTree
-    stiff_state: PyTree
+    stiff_state: Packed  # the stiff method's, packed (the non-stiff steps pass it through)
     power_vector: Array  # the stiff side's power-iteration vector (flat, real)
 
     @property
@@ -232,6 +236,19 @@ def _unset_scan_kind(solver) -> bool:
 def _int32(x) -> Array:
     """`x` (bool or int) as int32, explicitly: strict dtype promotion mixes neither."""
     return jnp.asarray(x).astype(jnp.int32)
+
+
+def _vector(scalars, dtype=None) -> Array:
+    """`jnp.stack(scalars)` written as one elementwise expression, `sum_i x_i e_i`: XLA fuses
+    it into one kernel, where a stack of scalars computed apart is a kernel per scalar (and
+    more than 8 of them ready at once go to XLA:CPU's thread pool: `packed`)."""
+    dtype = dtype or jnp.result_type(*scalars)
+    index = np.arange(len(scalars))
+    zero = jnp.zeros((), dtype)
+    out = jnp.zeros(len(scalars), dtype)
+    for i, x in enumerate(scalars):
+        out = out + jnp.where(index == i, jnp.asarray(x).astype(dtype), zero)
+    return out
 
 
 def _flat(tree) -> Array:
@@ -420,6 +437,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     def error_order(self, terms):
         return min(self.nonstiff.error_order(terms), self.stiff.error_order(terms))
 
+    def first_error_order(self, terms):
+        """The error order of the method a solve starts with, the non-stiff one: the
+        automatic first step (`stiffnode.solve`, `solvers.initial_step_size`) is sized for
+        it (with `error_order`, Tsit5's first step under BDF's 4 is not Tsit5's own)."""
+        return self.nonstiff.error_order(terms)
+
     def _stiff_solver(self):
         if not isinstance(self.stiff, diffrax.AbstractImplicitSolver):
             return self.stiff
@@ -458,11 +481,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             jnp.abs(y0), jnp.abs(y1)
         )
 
-    def init(self, terms, t0, t1, y0, args) -> AutoSwitchState:
+    def init(self, terms, t0, t1, y0, args) -> Packed:
         v = power_iteration_start(terms, t0, t1, y0, args)
         tdtype = jnp.result_type(t0, t1)
         real = v.dtype
-        return AutoSwitchState(
+        state = AutoSwitchState(
             counters=jnp.zeros(len(_COUNTERS), jnp.int32),
             times=jnp.zeros(5, tdtype).at[4].set(jnp.asarray(t1 - t0, tdtype)),
             stiffness_max=jnp.array(0.0, real),
@@ -477,19 +500,23 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             # A placeholder: the stiff method starts afresh at every switch to it (its
             # `init` evaluates f, for BDF and Rodas5P, wasted on a solve that never turns
             # stiff).
-            stiff_state=_zeros_like_shapes(
-                jax.eval_shape(lambda: self._stiff_solver().init(terms, t0, t1, y0, args))
+            stiff_state=pack(
+                _zeros_like_shapes(
+                    jax.eval_shape(lambda: self._stiff_solver().init(terms, t0, t1, y0, args))
+                )
             ),
             power_vector=v,
         )
+        return pack(state)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def solve_stats(self, final_state: AutoSwitchState) -> dict[str, Array]:
+    def solve_stats(self, final_state: Packed) -> dict[str, Array]:
         """The statistics `stiffnode.solve` adds to `Solution.stats`, from the final state."""
         names = [k for k in SwitchStats.__dataclass_fields__ if self.history or "history" not in k]
-        return {k: getattr(final_state.stats, k) for k in names}
+        stats = final_state.unpack().stats
+        return {k: getattr(stats, k) for k in names}
 
     def _explicit_dense_shape(self, terms, t0, t1, y0, args, state: AutoSwitchState) -> dict:
         """The shapes of `_explicit_steps`' dense information: for each of the `_slots`
@@ -551,7 +578,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         f0 = jax.lax.cond(first_step | restart, lambda: terms.vf(t0, y0, args), lambda: f0)
         success = diffrax.RESULTS.successful
         if not self._substepping:
-            y1, err, dense, f1, tally, _ = attempt(t0, t1, y0, f0, tally)
+            y1, err, dense, f1, tally, ratio = attempt(t0, t1, y0, f0, tally)
+            # diffrax's controller takes its exponent from `error_order`, the lower of the
+            # two methods' (BDF's 4 against Tsit5's 5): the error is rescaled to the norm
+            # `ratio**(q / p)`, so that the controller's step-size factor `ratio**(-1 / p)`
+            # is the explicit method's own (acceptance unchanged: below 1 as `ratio` is).
+            q, p = self.error_order(terms), self.nonstiff.error_order(terms)
+            if q != p and self._tolerances() is not None:
+                tiny = jnp.finfo(ratio.dtype).tiny
+                factor = jnp.maximum(ratio, tiny) ** (q / p - 1)
+                err = jax.tree.map(lambda e: e * factor.astype(e.dtype), err)
             dense = {
                 "t0": jnp.reshape(t0, (1,)).astype(tdtype),
                 "t1": jnp.reshape(t1, (1,)).astype(tdtype),
@@ -636,17 +672,40 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         result = diffrax.RESULTS.where(t >= t1, success, diffrax.RESULTS.dt_min_reached)
         return y1, y_error, dense, inner, result, tally, h
 
-    def step(self, terms, t0, t1, y0, args, solver_state: AutoSwitchState, made_jump):
-        state = solver_state
+    def step(self, terms, t0, t1, y0, args, solver_state: Packed, made_jump):
+        # Each branch is a whole step of one method, the switching rule included, and takes
+        # the state packed: what runs outside the `lax.cond` is one read of the mode (each
+        # value read before it would be a kernel of its own, ready at once: `packed`).
+        state: AutoSwitchState = solver_state.unpack()
+        shapes = (
+            self._explicit_dense_shape(terms, t0, t1, y0, args, state),
+            jax.eval_shape(
+                lambda: self._stiff_solver().step(
+                    terms, t0, t1, y0, args, state.stiff_state.unpack(), made_jump
+                )[2]
+            ),
+        )
+
+        def branch(stiff: bool):
+            return lambda packed: self._step_with(
+                stiff, terms, t0, t1, y0, args, packed.unpack(), made_jump, shapes
+            )
+
+        return jax.lax.cond(state.stiff_mode, branch(True), branch(False), solver_state)
+
+    def _step_with(self, stiff: bool, terms, t0, t1, y0, args, state: AutoSwitchState,
+                   made_jump, shapes):  # fmt: skip
+        """One step with the stiff method (`stiff`) or the non-stiff one, and the switching
+        rule after it: `step`'s result, the new state packed."""
         c = state.counters
         switched = c[_C["switched"]] == 1
-        mode = state.stiff_mode
+        mode = jnp.asarray(stiff)
         stiff_solver = self._stiff_solver()
         tdtype = jnp.result_type(t0, t1)
         h = jnp.asarray(t1 - t0, tdtype)
         first = c[_C["num_steps_nonstiff"]] + c[_C["num_steps_stiff"]]
         tally = _Tally(
-            counts=jnp.stack([c[_C["streak"]], c[_C["contrary"]], first, jnp.array(0, jnp.int32)]),
+            counts=_vector([c[_C["streak"]], c[_C["contrary"]], first, jnp.array(0, jnp.int32)]),
             stiffness_max=state.stiffness_max,
             history=state.history,
         )
@@ -656,31 +715,22 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # evidence needed for the next switch to it by futile_growth.
         longest = jnp.where(mode, jnp.maximum(state.times[3], h), 0.0)
         futile = mode & (longest < self.min_gain * state.times[2])
-        # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does a
-        # switch to it)
-        restart = jnp.logical_or(made_jump, switched)
-        shapes = (
-            self._explicit_dense_shape(terms, t0, t1, y0, args, state),
-            jax.eval_shape(
-                lambda: stiff_solver.step(terms, t0, t1, y0, args, state.stiff_state, made_jump)[2]
-            ),
-        )
 
-        def nonstiff(_):
-            y1, err, dense, inner, result, tally_, h_next = self._explicit_steps(
+        if not stiff:
+            # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does
+            # a switch to it)
+            restart = jnp.logical_or(made_jump, switched)
+            y1, err, dense, ns_state, result, tally, h_next = self._explicit_steps(
                 terms, t0, t1, y0, args, state, restart, tally
             )
             dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes[1])}
-            v = state.power_vector
-            return y1, err, dense, inner, state.stiff_state, result, tally_, h_next, v
-
-        def stiff(_):
-            # The method switched to starts afresh at (t0, y0), inside its own branch so
-            # that the other method's steps do not pay for the check.
+            s_state, v = state.stiff_state, state.power_vector
+        else:
+            # The method switched to starts afresh at (t0, y0).
             inner = jax.lax.cond(
                 switched,
                 lambda: stiff_solver.init(terms, t0, t1, y0, args),
-                lambda: state.stiff_state,
+                lambda: state.stiff_state.unpack(),
             )
             y1, err, dense, inner, result = stiff_solver.step(
                 terms, t0, t1, y0, args, inner, made_jump
@@ -688,7 +738,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             v, lam = power_iteration_step(terms, t0, t1, y1, args, state.power_vector)
             h_lambda = jax.lax.stop_gradient(h.astype(lam.dtype) * lam)
             t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
-            tally_ = tally.observe(
+            tally = tally.observe(
                 self, h, t_real, h_lambda, h_lambda, True,
                 (h_lambda < self.nonstiff_ratio * self.boundary) | futile,
             )  # fmt: skip
@@ -697,11 +747,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             unused["t0"] = jnp.full_like(unused["t0"], t0)
             unused["t1"] = jnp.full_like(unused["t1"], t1)
             dense = {"nonstiff": unused, "stiff": dense}
-            return y1, err, dense, state.nonstiff_state, inner, result, tally_, state.times[4], v
-
-        y1, err, dense, ns_state, s_state, result, tally, h_next, v = jax.lax.cond(
-            mode, stiff, nonstiff, None
-        )
+            ns_state, s_state, h_next = state.nonstiff_state, pack(inner), state.times[4]
         tally, v = jax.lax.stop_gradient((tally, v))
         steps = tally.steps - first
         growth = self.futile_growth ** jnp.minimum(c[_C["futile"]], self._futile_power_cap)
@@ -713,7 +759,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         left = c[_C["num_switches"]] < self.max_switches
         may = jnp.where(mode, room | (futile & left), left & (room | (c[_C["futile"]] == 0)))
         switch = (tally.streak >= needed) & may
-        counters = jnp.stack(
+        counters = _vector(
             [
                 _int32(mode ^ switch),
                 _int32(switch),
@@ -733,15 +779,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         switch_times = jnp.where(switch & at_index, t_real, state.switch_times)
         new_state = AutoSwitchState(
             counters=counters,
-            times=jnp.stack(
+            times=_vector(
                 [
                     state.times[0] + jnp.where(mode, 0.0, h),
                     state.times[1] + jnp.where(mode, h, 0.0),
                     jnp.where(switch & ~mode, h_next, state.times[2]),
                     longest,
                     h_next,
-                ]
-            ).astype(tdtype),
+                ],
+                tdtype,
+            ),
             stiffness_max=tally.stiffness_max,
             switch_times=switch_times,
             history=tally.history,
@@ -750,4 +797,4 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             power_vector=v,
         )
         dense = dict(dense, stiff_mode=mode)
-        return y1, err, dense, new_state, result
+        return y1, err, dense, pack(new_state), result
