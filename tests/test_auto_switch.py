@@ -116,6 +116,59 @@ def test_no_switch_on_a_non_stiff_problem():
     assert np.max(np.abs(np.asarray(auto.ys[-1]) - ref) / np.abs(ref)) < 1.1e-5
 
 
+def _relaxation(lam):
+    """`y' = -lam (y - cos t)`, `y(0) = 0`: stiff for large `lam`, its solution in closed
+    form."""
+    field = lambda t, y, args: -lam * (y - jnp.cos(t))  # noqa: E731
+    exact = lambda t: (lam**2 * np.cos(t) + lam * np.sin(t) - lam**2 * np.exp(-lam * t)) / (  # noqa: E731
+        lam**2 + 1
+    )
+    return field, exact
+
+
+def _explicit_only(**kwargs):
+    """`AutoSwitch` held on its explicit method (never enough evidence to switch), one
+    explicit step per diffrax step."""
+    return AutoSwitch(substeps=1, stiff_after=10**6, **kwargs)
+
+
+def test_one_step_mode_is_tsit5_under_bdf():
+    """With BDF as the stiff method (error order 4, Tsit5's 5) and no stability cap, the
+    explicit steps are Tsit5's own solve: the first step sized for Tsit5 and the error
+    rescaled to the controller's exponent, so the same accepted and rejected steps."""
+    field, exact = _relaxation(500.0)
+    args = (field, jnp.zeros(1), 0.0, 20.0)
+    tolerances = dict(rtol=1e-4, atol=1e-6)
+    tsit5 = sn.solve(*args, solver="tsit5", **tolerances)
+    auto = sn.solve(*args, solver=_explicit_only(stiff=BDF(), stability_cap=None), **tolerances)
+    for key in ("num_accepted_steps", "num_rejected_steps"):
+        # The stages summed in another order (`explicit_rk_step`): equal here; 1% allows a
+        # decision flipped by rounding on another machine.
+        assert abs(int(auto.stats[key]) - int(tsit5.stats[key])) <= 0.01 * int(tsit5.stats[key])
+    # (Before the rescaling, BDF's exponent on Tsit5's error: 946 rejected against 790,
+    # y(20) off by 8e-6.)
+    assert abs(float(auto.ys[-1, 0]) - float(tsit5.ys[-1, 0])) < 1e-10
+
+
+def test_stability_cap_ends_the_rejection_cycle():
+    """At the stability limit (`h lam ~ B`, the solution smooth), diffrax's I-controller
+    grows the explicit step until the error rejects it, every few steps (Hairer & Wanner II,
+    IV.2): 790 rejected of 3,643 (measured). With the cap the step stops growing there:
+    almost no rejections, fewer steps, and no less accurate (against the closed form)."""
+    field, exact = _relaxation(500.0)
+    args = (field, jnp.zeros(1), 0.0, 20.0)
+    tolerances = dict(rtol=1e-4, atol=1e-6)
+    free = sn.solve(*args, solver=_explicit_only(stability_cap=None), **tolerances)
+    capped = sn.solve(*args, solver=_explicit_only(), **tolerances)
+    assert int(free.stats["num_rejected_steps"]) > 0.1 * int(free.stats["num_steps"])
+    assert int(capped.stats["num_rejected_steps"]) < 0.01 * int(capped.stats["num_steps"])
+    assert int(capped.stats["num_steps"]) < int(free.stats["num_steps"])
+    # The problem contracts (lam > 0): the global error stays at the local tolerance's level;
+    # measured 1.0e-6 capped, 1.5e-5 free, against rtol 1e-4 on |y| ~ 1.
+    for sol in (free, capped):
+        assert abs(float(sol.ys[-1, 0]) - exact(20.0)) < 1e-4
+
+
 def test_van_der_pol_switches_at_the_fast_transitions():
     """mu = 1e3: stiff on the slow arcs (|y1| between 1 and 2), non-stiff through the fast
     transitions (where |y1| passes 1). Each switch to Tsit5 is where |y1| is near 1, each
@@ -256,6 +309,8 @@ def test_bad_arguments_are_named():
         AutoSwitch(min_gain=0.5)
     with pytest.raises(ValueError, match="history"):
         AutoSwitch(history=-1)
+    with pytest.raises(ValueError, match="stability_cap"):
+        AutoSwitch(stability_cap=0.0)
 
 
 def test_history_along_the_steps_and_switch_times_in_reverse_time():

@@ -306,6 +306,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             above `DENSE_MAX_STATES` states). Without tolerances (fixed steps and no
             `root_finder` tolerances) always 1; `stiffnode.solve` makes it 1 under fixed
             steps and with `SaveAt(dense=True)` (`for_solve`, `without_substeps`).
+        stability_cap: with one explicit step per diffrax step (`substeps=1`), a step whose
+            `h |lambda|` reached `stability_cap B` tells diffrax's controller not to grow the
+            next (its error, for the step-size factor only, raised to
+            `(h |lambda| / (stability_cap B))**p`, below 1). At the stability limit an
+            I-controller grows the step until the error rejects it, every few steps
+            (Hairer & Wanner II, IV.2); the digits gradient flow after a futile stiff stint:
+            423 steps (62 rejected) without it, 386 (11) with it, 1.29x -> 1.20x Tsit5's
+            time. Not applied to sub-steps: on van der Pol mu = 10 it cut the rejected
+            sub-steps 68 -> 53 but took 37 diffrax steps instead of 27, a net loss. None:
+            off.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
@@ -328,6 +338,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     max_switches: int = eqx.field(default=6, static=True)
     history: int = eqx.field(default=0, static=True)
     substeps: int = eqx.field(default=16, static=True)
+    stability_cap: float | None = eqx.field(default=1.0, static=True)
     root_finder: object = ControllerTolerances()
     root_find_max_steps: int = eqx.field(default=0, static=True)
 
@@ -359,6 +370,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.min_gain >= 1:
             raise ValueError(f"min_gain must be at least 1, got {self.min_gain!r}")
+        if self.stability_cap is not None and not self.stability_cap > 0:
+            raise ValueError(f"stability_cap must be positive or None, got {self.stability_cap!r}")
         if not (isinstance(self.history, int) and self.history >= 0):
             raise ValueError(f"history must be a non-negative int, got {self.history!r}")
 
@@ -571,22 +584,27 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 self, tn - t, jnp.where(reverse, -tn, tn), h_lambda, h_lambda_2, False,
                 h_lambda > self.stiff_ratio * self.boundary,
             )  # fmt: skip
-            return y1, err, dense, f1, observed, ratio
+            return y1, err, dense, f1, observed, ratio, h_lambda
 
         # An FSAL method's state is (first step, f(t0, y0)).
         first_step, f0 = state.nonstiff_state
         f0 = jax.lax.cond(first_step | restart, lambda: terms.vf(t0, y0, args), lambda: f0)
         success = diffrax.RESULTS.successful
         if not self._substepping:
-            y1, err, dense, f1, tally, ratio = attempt(t0, t1, y0, f0, tally)
-            # diffrax's controller takes its exponent from `error_order`, the lower of the
-            # two methods' (BDF's 4 against Tsit5's 5): the error is rescaled to the norm
-            # `ratio**(q / p)`, so that the controller's step-size factor `ratio**(-1 / p)`
-            # is the explicit method's own (acceptance unchanged: below 1 as `ratio` is).
-            q, p = self.error_order(terms), self.nonstiff.error_order(terms)
-            if q != p and self._tolerances() is not None:
+            y1, err, dense, f1, tally, ratio, h_lambda = attempt(t0, t1, y0, f0, tally)
+            if self._tolerances() is not None:
+                # The error diffrax's controller sees: norm `control**(q / p)`, with
+                # `control = ratio` but for `stability_cap`. Its exponent comes from
+                # `error_order`, the lower of the two methods' (BDF's 4 against Tsit5's 5):
+                # so rescaled, its step-size factor `control**(-1 / p)` is the explicit
+                # method's own (acceptance unchanged: below 1 as `ratio` is).
+                q, p = self.error_order(terms), self.nonstiff.error_order(terms)
+                control = ratio
+                if self.stability_cap is not None:
+                    limit = (h_lambda / (self.stability_cap * self.boundary)) ** p
+                    control = jnp.where(ratio < 1, jnp.clip(limit, ratio, 0.99), ratio)
                 tiny = jnp.finfo(ratio.dtype).tiny
-                factor = jnp.maximum(ratio, tiny) ** (q / p - 1)
+                factor = jnp.maximum(control, tiny) ** (q / p) / jnp.maximum(ratio, tiny)
                 err = jax.tree.map(lambda e: e * factor.astype(e.dtype), err)
             dense = {
                 "t0": jnp.reshape(t0, (1,)).astype(tdtype),
@@ -613,7 +631,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             (t, h), y, f, tally, buffers = carry
             clipped = h >= t1 - t
             tn = jnp.where(clipped, t1, t + h)
-            y1, err, dense, f1, observed, ratio = attempt(t, tn, y, f, tally)
+            y1, err, dense, f1, observed, ratio, _ = attempt(t, tn, y, f, tally)
             finite = jnp.isfinite(ratio)
             ok = finite & (ratio < 1)
             factor = 0.9 * jnp.where(ratio > 0, ratio, 1e-10) ** exponent
