@@ -239,15 +239,15 @@ def _int32(x) -> Array:
 
 
 def _vector(scalars, dtype=None) -> Array:
-    """`jnp.stack(scalars)` written as one elementwise expression, `sum_i x_i e_i`: XLA fuses
-    it into one kernel, where a stack of scalars computed apart is a kernel per scalar (and
-    more than 8 of them ready at once go to XLA:CPU's thread pool: `packed`)."""
+    """`jnp.stack(scalars)` written as a chain of in-place updates of one vector: each
+    kernel waits for the one before, where a stack of scalars computed apart is a kernel per
+    scalar, all ready at once (more than 8 ready at once go to XLA:CPU's thread pool:
+    `packed`). (A sum of one-hot masks would be one kernel, but its masks are constants,
+    and XLA:CPU sets up every constant of a program on every call: `packed`.)"""
     dtype = dtype or jnp.result_type(*scalars)
-    index = np.arange(len(scalars))
-    zero = jnp.zeros((), dtype)
     out = jnp.zeros(len(scalars), dtype)
     for i, x in enumerate(scalars):
-        out = out + jnp.where(index == i, jnp.asarray(x).astype(dtype), zero)
+        out = jax.lax.dynamic_update_index_in_dim(out, jnp.asarray(x).astype(dtype), i, 0)
     return out
 
 

@@ -407,11 +407,15 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         ks = []
         f_i = f0
         num_jvp = jnp.array(0, jnp.int32)
+        # (c_ij / h as c_ij * (1 / h): one division, the products fused into the stages; a
+        # division per coefficient is a kernel and a constant buffer of its own each, 28 for
+        # Rodas5P, which XLA:CPU sets up on every call of the program, step or not)
+        inv_h = 1 / h
         for i in range(len(tab.m)):
             if i > 0 and tab.new_f[i]:
                 y_i = flat_y0 + sum(float(tab.a[i, j]) * ks[j] for j in range(i) if tab.a[i, j])
                 f_i = fn(t0 + float(tab.alpha[i]) * (t1 - t0), y_i)
-            rhs = f_i + sum((float(tab.c[i, j]) / h) * ks[j] for j in range(i) if tab.c[i, j])
+            rhs = f_i + sum((float(tab.c[i, j]) * inv_h) * ks[j] for j in range(i) if tab.c[i, j])
             if tab.gammas[i] and not self.autonomous:
                 rhs = rhs + (float(tab.gammas[i]) * h) * f_t
             k_i, used = solve(rhs)
