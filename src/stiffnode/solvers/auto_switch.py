@@ -284,9 +284,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         futile_growth: each stiff stint ended that way multiplies `stiff_after` by this
             for the next switch to `stiff`. 8 against 2 (`benchmarks/auto_switching.py`,
             `futile_growth` section): the digits gradient flow, mildly stiff where BDF never
-            pays, tries the stiff method three times with 2 (467 steps) and twice with 8
-            (442); its times, 1.41x and 1.29x Tsit5's in one run, 1.40x and 1.47x in the
-            next, are within the run-to-run spread. 4 and 16 were tried by hand (before the
+            pays, tries the stiff method three times with 2 (399 steps, 1.25x Tsit5's time)
+            and twice with 8 (386 steps, 1.14x). 4 and 16 were tried by hand (before the
             explicit sub-steps): 16 made HIRES take 378 steps against 277.
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
