@@ -107,6 +107,10 @@ def _rel_error(y, exact):
 def test_reverse_time(name, controller):
     """y' = A y backwards from t = 0 to -1 is exactly the forward solve of y' = -A y from 0 to
     1 (diffrax solves reverse time forward in -t), and both equal expm(-A) y0."""
+    if name == "auto" and controller == "stepto":
+        # (the grid here is ConstantStepSize's: AutoSwitch takes the same steps, covered by
+        # [auto-constant]; its compilation is the suite's costliest of these, ~10 s)
+        pytest.skip("auto under StepTo on this grid is auto under ConstantStepSize")
     solver, ctrl, dt0 = _setup(name, controller, 0.0, -1.0)
     backward = diffrax.diffeqsolve(
         diffrax.ODETerm(_linear), solver, 0.0, -1.0, dt0, jnp.asarray(Y0),
