@@ -303,13 +303,17 @@ ADJOINTS = {
 
 
 # Rodas5P and Rosenbrock23 step through the same `AbstractRosenbrock.step` as Rodas3 (only
-# their stages differ): every adjoint for Rodas3, the recursive and forward mode for them
-# and for AutoSwitch (its own gradient test: `test_auto_switch.py`).
+# their stages differ): every adjoint for Rodas3, the recursive and forward mode for them.
+# AutoSwitch: forward mode here; reverse mode by its own test, through its switches against
+# finite differences (`test_auto_switch.py::test_gradient_matches_finite_differences`; a
+# second compilation of auto's reverse pass here cost 21 s of a cold suite).
 GRADIENT_CASES = [
     (name, adjoint)
     for name in SOLVERS
     for adjoint in [*ADJOINTS, "forward"]
-    if name in ("bdf", "rodas3") or adjoint in ("recursive", "forward")
+    if name in ("bdf", "rodas3")
+    or (adjoint == "forward")
+    or (adjoint == "recursive" and name != "auto")
 ]
 
 
