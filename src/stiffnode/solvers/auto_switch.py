@@ -541,7 +541,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         time = jax.ShapeDtypeStruct((), jnp.result_type(t0, t1))
         return {"t0": slots(time), "t1": slots(time), "steps": jax.tree.map(slots, step)}
 
-    def _explicit_steps(self, terms, t0, t1, y0, args, state: AutoSwitchState, restart, tally):
+    def _explicit_steps(self, terms, t0, t1, y0, args, state: AutoSwitchState, restart, tally,
+                        dense_shape: dict):  # fmt: skip
         """The non-stiff method from `t0` to `t1`: one step, or with `_substepping` explicit
         steps under their own error control (the controller's tolerances and norm, the
         I-controller of diffrax's `PIDController` with its defaults) until `t1`.
@@ -550,7 +551,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         sub-steps, `y_error` is not an error estimate (each sub-step's error was controlled):
         its norm is `(n / substeps)**error_order`, `n` the sub-steps of this length at the
         size proposed last, below 1 (accepted) while `t1` is reached within `_slots`
-        sub-steps, so that the controller's next step holds about `substeps` of them."""
+        sub-steps, so that the controller's next step holds about `substeps` of them.
+        `dense_shape`: `_explicit_dense_shape`'s."""
         reverse = jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0
         tdtype = jnp.result_type(t0, t1)
 
@@ -663,7 +665,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         buffers = (
             jnp.full((slots,), jnp.inf, tdtype),
             jnp.full((slots,), jnp.inf, tdtype),
-            _zeros_like_shapes(self._explicit_dense_shape(terms, t0, t1, y0, args, state)["steps"]),
+            _zeros_like_shapes(dense_shape["steps"]),
         )
         # diffrax never shortens the step after an accepted one (`PIDController`: factor
         # >= 1), only after a rejection: a step holding more than twice the target at the
@@ -738,7 +740,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             # a switch to it)
             restart = jnp.logical_or(made_jump, switched)
             y1, err, dense, ns_state, result, tally, h_next = self._explicit_steps(
-                terms, t0, t1, y0, args, state, restart, tally
+                terms, t0, t1, y0, args, state, restart, tally, shapes[0]
             )
             dense = {"nonstiff": dense, "stiff": _zeros_like_shapes(shapes[1])}
             s_state, v = state.stiff_state, state.power_vector

@@ -54,8 +54,8 @@ def pack(tree: PyTree[Array]) -> Packed:
         offset = sum(p.size for p in parts)
         parts.append(jnp.ravel(leaf).astype(key))
         layout.append((list(groups).index(key), offset, tuple(leaf.shape), leaf.dtype.name))
+    # (a group exists once a leaf is in it: never empty)
     arrays = tuple(
-        jax.lax.convert_element_type(jnp.concatenate(parts) if parts else jnp.zeros(0, key), key)
-        for key, parts in groups.items()
+        jax.lax.convert_element_type(jnp.concatenate(parts), key) for key, parts in groups.items()
     )
     return Packed(arrays=arrays, treedef=treedef, layout=tuple(layout))
