@@ -19,7 +19,7 @@ skips problems already there unless `--fresh`) and `auto_switching.png`: the sti
 estimate and the method in use along van der Pol mu = 1e3.
 
 Run: `python benchmarks/auto_switching.py [--problems vdp_1e3 ...] [--fresh] [--plot-only]
-[--only floor futile_growth substeps vmapped]`.
+[--only floor futile_growth substeps vmapped small_loops]`.
 """
 
 import jax
@@ -411,8 +411,61 @@ def vmapped(repeats, lanes=64):
     return out
 
 
+SMALL_LOOPS_OPTION = "xla_cpu_small_while_loop_byte_threshold"
+
+
+def _small_loops_worker(repeats, names):
+    """One process's part of `small_loops`: for each problem the seconds of every solver of
+    the problems table, round-robin, and each one's compilation seconds."""
+    out = {}
+    for name in names:
+        pb = _problem(name)
+        runs, compile_seconds = {}, {}
+        for solver in SOLVERS:
+            runs[solver] = _run(pb, solver, RTOL, pb["atol"], stats=False)
+            compile_seconds[solver] = _timed(lambda run=runs[solver]: jax.block_until_ready(run()))
+        out[name] = {"seconds": _interleaved_medians(runs, repeats),
+                     "compile_seconds": compile_seconds}  # fmt: skip
+    return out
+
+
+def small_loops(repeats, names=("vdp_1", "vdp_10", "vdp_100", "vdp_1e3", "robertson", "hires",
+                                "lorenz"), threshold=65536):  # fmt: skip
+    """XLA:CPU compiles a `while` loop whose one iteration (body and condition) touches fewer
+    than `xla_cpu_small_while_loop_byte_threshold` bytes (default 1024, HloCostAnalysis'
+    count) into one function (`SmallWhileLoopHoistingPass`, loops without dot, convolution,
+    custom call or scatter); any other loop runs as a graph of kernels, ~30 ns of dispatch
+    each. The small problems' solvers, in two processes: XLA's default and `threshold`
+    (through `XLA_FLAGS=--xla_backend_extra_options`, which must be set before JAX starts)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for label, value in (("default", None), (f"threshold {threshold}", threshold)):
+        env = dict(os.environ)
+        if value is not None:
+            flag = f"--xla_backend_extra_options={SMALL_LOOPS_OPTION}={value}"
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+        command = [sys.executable, __file__, "--small-loops-worker", *names,
+                   "--repeats", str(repeats)]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    raised = f"threshold {threshold}"
+    for name in names:
+        rows = {k: out[k][name]["seconds"] for k in ("default", raised)}
+        out[name] = {
+            "default_over_raised": {s: rows["default"][s] / rows[raised][s] for s in SOLVERS},
+            "auto_over_better_of_tsit5_and_best_stiff": {
+                k: v["auto"] / min(v[s] for s in SOLVERS if s != "auto") for k, v in rows.items()
+            },
+        }
+        print(name, "small loops", out[name], flush=True)
+    return out
+
+
 SECTIONS = {
     "floor": floor, "futile_growth": futile_growth, "substeps": substeps, "vmapped": vmapped,
+    "small_loops": small_loops,
 }  # fmt: skip
 
 
@@ -469,7 +522,12 @@ def main():
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--only", nargs="+", choices=SECTIONS,
                         help="rerun these sections only (not the problems table)")  # fmt: skip
+    parser.add_argument("--small-loops-worker", nargs="+", choices=PROBLEMS,
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
+    if args.small_loops_worker:  # (`small_loops` runs it in a process of its own)
+        print(json.dumps(_small_loops_worker(args.repeats, args.small_loops_worker)))
+        return
     record = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
     if args.only:
         for section in args.only:
