@@ -429,6 +429,11 @@ def solve(
     estimate `e` satisfies `||e_i / (atol + rtol * max(|y0_i|, |y1_i|))||_rms <= 1`; the
     global error is typically a small multiple of that, not bounded by it.
 
+    Speed on CPU: for a system of a few states most of a step is XLA:CPU's dispatch of small
+    kernels; raising XLA's small-loop threshold before JAX starts
+    (`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=65536`)
+    compiles the step loop into one function, 1.5-4x faster (README, "Small systems on CPU").
+
     Args:
         vector_field: `f(t, y, args)` as in diffrax (any callable or equinox module); for
             the IMEX solvers `kencarp*`, optionally a pair `(explicit, implicit)`.
