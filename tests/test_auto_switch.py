@@ -340,7 +340,8 @@ def test_history_along_the_steps_and_switch_times_in_reverse_time():
 def test_any_solve_can_report_its_stiffness(solver):
     """`estimate_stiffness=True`: Tsit5/Dopri5 from their stages, the others by a power
     iteration on JVPs; within 2x of |lambda|_max of dense eigvals, and the solution is the
-    same as without the estimate."""
+    same as without the estimate (checked for one solver of each kind: a second compilation
+    each)."""
     a = _spectrum_matrix(np.asarray([-1.0, -40.0, -300.0 + 200.0j, -300.0 - 200.0j], complex))
     truth = np.max(np.abs(np.linalg.eigvals(a)))
 
@@ -349,11 +350,12 @@ def test_any_solve_can_report_its_stiffness(solver):
 
     kw = dict(solver=solver, rtol=1e-6, atol=1e-9)
     with_estimate = sn.solve(f, jnp.ones(4), 0.0, 1.0, estimate_stiffness=True, **kw)
-    plain = sn.solve(f, jnp.ones(4), 0.0, 1.0, **kw)
     estimate = float(with_estimate.stats["stiffness_max"])
     assert truth / 2 <= estimate <= 2 * truth, (estimate, truth)
-    np.testing.assert_array_equal(with_estimate.ys, plain.ys)
-    assert "stiffness_max" not in plain.stats
+    if solver in ("tsit5", "bdf"):  # one of each kind of estimate: the same wrapper for all
+        plain = sn.solve(f, jnp.ones(4), 0.0, 1.0, **kw)
+        np.testing.assert_array_equal(with_estimate.ys, plain.ys)
+        assert "stiffness_max" not in plain.stats
 
 
 def test_dense_output_through_the_explicit_sub_steps():
@@ -365,12 +367,14 @@ def test_dense_output_through_the_explicit_sub_steps():
     def exact(t):
         return np.stack([np.cos(t), -np.sin(t)], axis=-1)
 
+    def oscillator(t, y, args):
+        return jnp.stack([y[1], -y[0]])
+
     def saved_error(solver, t0, t1):
+        # (the times are the program's inputs: one compilation for both directions)
         ts = jnp.linspace(t0, t1, 401)
-        sol = sn.solve(
-            lambda t, y, args: jnp.stack([y[1], -y[0]]), jnp.asarray(exact(t0)), t0, t1,
-            solver=solver, rtol=1e-8, atol=1e-8, saveat=diffrax.SaveAt(ts=ts),
-        )  # fmt: skip
+        sol = sn.solve(oscillator, jnp.asarray(exact(t0)), t0, t1, solver=solver, rtol=1e-8,
+                       atol=1e-8, saveat=diffrax.SaveAt(ts=ts))  # fmt: skip
         return np.max(np.abs(sol.ys - exact(ts))), sol
 
     # Independent methods' dense output at this tolerance (forward; diffrax solves reverse

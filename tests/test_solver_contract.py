@@ -102,25 +102,30 @@ def _rel_error(y, exact):
     return float(np.max(np.abs(np.asarray(y) - np.asarray(exact)) / np.max(np.abs(exact))))
 
 
+def _signed_linear(t, y, sign):
+    return sign * (jnp.asarray(A, y.dtype) @ y)
+
+
 @pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_reverse_time(name, controller):
     """y' = A y backwards from t = 0 to -1 is exactly the forward solve of y' = -A y from 0 to
-    1 (diffrax solves reverse time forward in -t), and both equal expm(-A) y0."""
+    1 (diffrax solves reverse time forward in -t), and both equal expm(-A) y0. (One program
+    for both: the times, the step and the sign of the field are its inputs.)"""
     if name == "auto" and controller == "stepto":
         # (the grid here is ConstantStepSize's: AutoSwitch takes the same steps, covered by
         # [auto-constant]; its compilation is the suite's costliest of these, ~10 s)
         pytest.skip("auto under StepTo on this grid is auto under ConstantStepSize")
-    solver, ctrl, dt0 = _setup(name, controller, 0.0, -1.0)
-    backward = diffrax.diffeqsolve(
-        diffrax.ODETerm(_linear), solver, 0.0, -1.0, dt0, jnp.asarray(Y0),
-        stepsize_controller=ctrl, max_steps=4096,
-    )
-    solver, ctrl, dt0 = _setup(name, controller, 0.0, 1.0)
-    forward = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, a: -_linear(t, y, a)), solver, 0.0, 1.0, dt0,
-        jnp.asarray(Y0), stepsize_controller=ctrl, max_steps=4096,
-    )
+
+    def run(t1, sign):
+        solver, ctrl, dt0 = _setup(name, controller, 0.0, t1)
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(_signed_linear), solver, jnp.asarray(0.0), jnp.asarray(t1),
+            None if dt0 is None else jnp.asarray(dt0), jnp.asarray(Y0), args=jnp.asarray(sign),
+            stepsize_controller=ctrl, max_steps=4096,
+        )  # fmt: skip
+
+    backward, forward = run(-1.0, 1.0), run(1.0, -1.0)
     exact = expm(-jnp.asarray(A)) @ Y0
     assert backward.ts[-1] == -1.0
     # The same arithmetic up to the sign of zero: equal to round-off.
@@ -129,16 +134,21 @@ def test_reverse_time(name, controller):
     assert int(backward.stats["num_steps"]) == int(forward.stats["num_steps"])
 
 
+def _affine(t, y, coefficients):
+    return coefficients[0] * y + coefficients[1]
+
+
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_reverse_time_through_solve(name):
     """The issue's reproducers: y' = -y and y' = 1 from t = 1 to 0, through `stiffnode.solve`
     with the solver's own controller and a PID controller."""
     for controller in ("solver", "pid") if _self_controlled(name) else ("pid",):
-        decay = sn.solve(lambda t, y, a: -y, jnp.ones(1), 1.0, 0.0, solver=name,
-                         stepsize_controller=controller, rtol=RTOL, atol=ATOL)
+        # y' = a y + b: one program for both (the coefficients and tolerances are inputs)
+        decay = sn.solve(_affine, jnp.ones(1), 1.0, 0.0, args=jnp.array([-1.0, 0.0]),
+                         solver=name, stepsize_controller=controller, rtol=RTOL, atol=ATOL)
         assert abs(float(decay.ys[-1, 0]) - np.e) < BOUND * RTOL * np.e
-        drift = sn.solve(lambda t, y, a: jnp.ones_like(y), jnp.zeros(1), 1.0, 0.0, solver=name,
-                         stepsize_controller=controller)
+        drift = sn.solve(_affine, jnp.zeros(1), 1.0, 0.0, args=jnp.array([0.0, 1.0]),
+                         solver=name, stepsize_controller=controller)
         assert abs(float(drift.ys[-1, 0]) + 1.0) < 1e-9  # exact for any consistent method
 
 
@@ -222,8 +232,8 @@ def test_rosenbrock_dense_output_has_its_order(name, dense_order):
     errors = []
     for num_steps in (16, 32):
         solver, ctrl, dt0 = _setup(name, "constant", 0.0, 1.0, num_steps=num_steps)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(_linear), solver, 0.0, 1.0, dt0, jnp.asarray(Y0),
+        sol = diffrax.diffeqsolve(  # (the step an input: one program for both)
+            diffrax.ODETerm(_linear), solver, 0.0, 1.0, jnp.asarray(dt0), jnp.asarray(Y0),
             stepsize_controller=ctrl, saveat=diffrax.SaveAt(dense=True),
         )
         ts = (np.arange(num_steps) + 0.5) / num_steps
@@ -398,6 +408,10 @@ def test_event_located_by_dense_output(name, controller):
     assert abs(float(sol.ys[-1, 0]) - 0.5) < BOUND * RTOL
 
 
+def _square(t, y, args):
+    return y**2
+
+
 @pytest.mark.parametrize("controller", ["solver", "pid"])
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_blow_up_is_an_error(name, controller):
@@ -405,11 +419,12 @@ def test_blow_up_is_an_error(name, controller):
     singularity (Rodas3 used to return -1 at t = 2 after one step from 0.56 past t = 1)."""
     _skip_unless_self_controlled(name, controller)
     with pytest.raises(RUNTIME_ERRORS):
-        sol = sn.solve(lambda t, y, a: y**2, jnp.ones(1), 0.0, 2.0, solver=name,
+        sol = sn.solve(_square, jnp.ones(1), 0.0, 2.0, solver=name,
                        stepsize_controller=controller, max_steps=2000)
         jax.block_until_ready(sol.ys)
-    sol = sn.solve(lambda t, y, a: y**2, jnp.ones(1), 0.0, 0.9, solver=name,
-                   stepsize_controller=controller, rtol=RTOL, atol=ATOL)
+    # (the same program: the end time and tolerances are its inputs)
+    sol = sn.solve(_square, jnp.ones(1), 0.0, 0.9, solver=name,
+                   stepsize_controller=controller, max_steps=2000, rtol=RTOL, atol=ATOL)
     # Rosenbrock23 (order 2, no local extrapolation): ~450 steps of local error <= rtol y,
     # amplified up to (y(0.9) / y)^2 = 100 on the way: 4.5e-4 relative; bound 1e-3.
     relative_bound = 1e-3 if name == "rosenbrock23" else BOUND * RTOL
