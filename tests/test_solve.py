@@ -250,9 +250,10 @@ def test_controller_solver_mismatch_names_both():
                  stepsize_controller=controller)  # fmt: skip
 
 
-@pytest.mark.parametrize("solver", ["euler", "tsit5", "bdf", "rodas3"])
+@pytest.mark.parametrize("solver", ["euler", "tsit5"])
 def test_t0_equal_t1_is_the_same_for_every_solver(solver):
-    """`euler` with dt0 used to blame dt0 where the adaptive solvers returned y0."""
+    """`euler` with dt0 used to blame dt0 where the adaptive solvers returned y0. (Our own
+    solvers under every controller, with and without dt0: `test_solver_contract.py`.)"""
     sol = sn.solve(linear, jnp.asarray(Y0), 0.5, 0.5, solver=solver, dt0=0.1)
     np.testing.assert_array_equal(sol.ys[-1], Y0)
     assert int(sol.stats["num_steps"]) == 0
