@@ -560,7 +560,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
         def attempt(t, tn, y, f, tally):
             """One explicit step from `(t, y)`, `f = f(t, y)`: its results, the tally with
-            it observed, and its error in the controller's norm."""
+            it observed, and the square of its error in the controller's norm (decisions on
+            the square: a square root of its own would be one more kernel per sub-step, its
+            result read by several)."""
             y1, err, dense, f1 = explicit_rk_step(self.nonstiff.tableau, terms, t, tn, y, args, f)
             # Decisions in the error control's norm, which sees components far below the
             # others (Robertson's y2); the reported |lambda| in the 2-norm, which for a
@@ -577,22 +579,23 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 for a, b in (sums[0:2], sums[2:4])
             )
             if norm is optx.rms_norm:
-                ratio = jnp.sqrt(sums[4] / scale.size)
+                ratio_sq = sums[4] / scale.size
             else:
                 scaled = _flat(err) / scale.astype(_flat(err).dtype)
-                ratio = jax.lax.stop_gradient(norm(_unflatten_like(scaled, err)))
+                ratio_sq = jax.lax.stop_gradient(norm(_unflatten_like(scaled, err))) ** 2
             observed = tally.observe(
                 self, tn - t, jnp.where(reverse, -tn, tn), h_lambda, h_lambda_2, False,
                 h_lambda > self.stiff_ratio * self.boundary,
             )  # fmt: skip
-            return y1, err, dense, f1, observed, ratio, h_lambda
+            return y1, err, dense, f1, observed, ratio_sq, h_lambda
 
         # An FSAL method's state is (first step, f(t0, y0)).
         first_step, f0 = state.nonstiff_state
         f0 = jax.lax.cond(first_step | restart, lambda: terms.vf(t0, y0, args), lambda: f0)
         success = diffrax.RESULTS.successful
         if not self._substepping:
-            y1, err, dense, f1, tally, ratio, h_lambda = attempt(t0, t1, y0, f0, tally)
+            y1, err, dense, f1, tally, ratio_sq, h_lambda = attempt(t0, t1, y0, f0, tally)
+            ratio = jnp.sqrt(ratio_sq)
             if self._tolerances() is not None:
                 # The error diffrax's controller sees: norm `control**(q / p)`, with
                 # `control = ratio` but for `stability_cap`. Its exponent comes from
@@ -618,24 +621,43 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         slots = self._slots
         exponent = -1.0 / float(self.nonstiff.error_order(terms))
         first = tally.steps
+        sdtype = tally.stiffness_max.dtype
+        offset = jnp.stack([0, 0, first, 0])  # the counts' values at the loop's start
 
-        # The loop's times travel as one vector, `(t, h)` (one fused update per sub-step);
-        # t = NaN ends the loop without reaching t1 (a rejected step).
+        def end_of(t, h):
+            return jnp.where(h >= t1 - t, t1, t + h)
+
+        # The loop's scalars travel as one vector in the time dtype, each value of its own
+        # would cost a kernel per sub-step (and a copy where its update reads the others):
+        # t, h, the attempt's end (computed with the update, not at the start of the next),
+        # the largest |lambda| and the tally's counts from the loop's start (integers: exact
+        # in floating point, the steps and rejections in the loop at most 2 slots; streak
+        # and contrary are only compared with the switching thresholds). t = NaN ends the
+        # loop without reaching t1 (a rejected step).
+        def pack(t, h, tally):
+            scalars = jnp.stack([t, h, end_of(t, h), tally.stiffness_max.astype(tdtype)])
+            return jnp.concatenate([scalars, (tally.counts - offset).astype(tdtype)])
+
+        def unpack(scalars, history):
+            counts = scalars[4:].astype(jnp.int32) + offset
+            tally = _Tally(counts=counts, stiffness_max=scalars[3].astype(sdtype), history=history)
+            return scalars[0], scalars[1], scalars[2], tally
+
         def cond(carry):
-            (t, h), _, _, tally, _ = carry
-            accepted = tally.steps - first
+            scalars = carry[0]
+            t, h, accepted, rejected = scalars[0], scalars[1], scalars[6], scalars[7]
             # (ended as soon as the sub-steps still needed at the present size would not fit)
-            fits = accepted.astype(h.dtype) + (t1 - t) / h <= 2 * slots
-            return (t < t1) & fits & (accepted + tally.rejected < 2 * slots)
+            fits = accepted + (t1 - t) / h <= 2 * slots
+            return (t < t1) & fits & (accepted + rejected < 2 * slots)
 
         def body(carry):
-            (t, h), y, f, tally, buffers = carry
+            scalars, y, f, history, buffers = carry
+            t, h, tn, tally = unpack(scalars, history)
             clipped = h >= t1 - t
-            tn = jnp.where(clipped, t1, t + h)
-            y1, err, dense, f1, observed, ratio, _ = attempt(t, tn, y, f, tally)
-            finite = jnp.isfinite(ratio)
-            ok = finite & (ratio < 1)
-            factor = 0.9 * jnp.where(ratio > 0, ratio, 1e-10) ** exponent
+            y1, err, dense, f1, observed, ratio_sq, _ = attempt(t, tn, y, f, tally)
+            finite = jnp.isfinite(ratio_sq)
+            ok = finite & (ratio_sq < 1)
+            factor = 0.9 * jnp.where(ratio_sq > 0, ratio_sq, 1e-20) ** (exponent / 2)
             # (diffrax's PIDController: an accepted step never shrinks the next)
             factor = jnp.where(
                 ok, jnp.clip(factor, 1.0, 10.0), jnp.where(finite, jnp.clip(factor, 0.2, 0.9), 0.2)
@@ -659,7 +681,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             # A non-finite attempt ends the loop with its y: the controller sees it.
             y = jax.tree.map(lambda x, z: jnp.where(ok | ~finite, x, z), y1, y)
             t = jnp.where(ok, tn, jnp.where(finite, t, jnp.nan))
-            return jnp.stack([t, h_next]), y, keep(f1, f), tally, buffers
+            return pack(t, h_next, tally), y, keep(f1, f), tally.history, buffers
 
         h0 = jnp.where(restart, (t1 - t0) / self.substeps, state.times[4]).astype(tdtype)
         buffers = (
@@ -670,12 +692,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # diffrax never shortens the step after an accepted one (`PIDController`: factor
         # >= 1), only after a rejection: a step holding more than twice the target at the
         # present sub-step size is rejected before any work.
-        start = jnp.where((t1 - t0) / h0 > 2 * self.substeps, jnp.nan, t0)
-        carry = (jnp.stack([start, h0]).astype(tdtype), y0, f0, tally, buffers)
+        start = jnp.where((t1 - t0) / h0 > 2 * self.substeps, jnp.nan, t0).astype(tdtype)
+        carry = (pack(start, h0, tally), y0, f0, tally.history, buffers)
         kind = {None: "checkpointed", "lax": "lax", "bounded": "bounded"}[self.nonstiff.scan_kind]
-        (t, h), y1, f1, tally, buffers = eqxi.while_loop(
+        scalars, y1, f1, history, buffers = eqxi.while_loop(
             cond, body, carry, max_steps=None if kind == "lax" else 2 * slots, kind=kind
         )
+        t, h, _, tally = unpack(scalars, history)
         # The number of sub-steps of the size proposed last that this step's length holds,
         # over the target: below 1 when t1 was reached (accepted), above when not.
         load = (t1 - t0) / h / self.substeps
