@@ -630,10 +630,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # The loop's scalars travel as one vector in the time dtype, each value of its own
         # would cost a kernel per sub-step (and a copy where its update reads the others):
         # t, h, the attempt's end (computed with the update, not at the start of the next),
-        # the largest |lambda| and the tally's counts from the loop's start (integers: exact
-        # in floating point, the steps and rejections in the loop at most 2 slots; streak
-        # and contrary are only compared with the switching thresholds). t = NaN ends the
-        # loop without reaching t1 (a rejected step).
+        # the largest |lambda| (a statistic: rounded to the time dtype where the state's is
+        # wider) and the tally's counts from the loop's start (integers: exact in floating
+        # point, the steps and rejections in the loop at most 2 slots; streak and contrary
+        # are only compared with the switching thresholds). t = NaN ends the loop without
+        # reaching t1 (a rejected step).
         def pack(t, h, tally):
             scalars = jnp.stack([t, h, end_of(t, h), tally.stiffness_max.astype(tdtype)])
             return jnp.concatenate([scalars, (tally.counts - offset).astype(tdtype)])
