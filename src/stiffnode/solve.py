@@ -432,7 +432,7 @@ def solve(
     Speed on CPU: for a system of a few states most of a step is XLA:CPU's dispatch of small
     kernels; raising XLA's small-loop threshold before JAX starts
     (`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=65536`)
-    compiles the step loop into one function: 1.5-5.0x faster on the benchmark's small
+    compiles the step loop into one function: 2-6x faster (Tsit5) on the benchmark's small
     problems, unchanged where a loop holds a dot or a LAPACK call (README, "Small systems on
     CPU").
 
