@@ -210,6 +210,7 @@ def _interleaved_medians(runs: dict, repeats, min_seconds=0.5, max_rounds=2000):
     warm = {k: [] for k in runs}
     rounds = 0
     rng = np.random.default_rng(0)
+
     def least_seconds():
         return min(sum(cold[k]) + sum(warm[k]) for k in runs)
 

@@ -142,9 +142,10 @@ def test_rosenbrock23_converges_on_orego():
     ~490 tolerances (measured), 2.2x the spread bound of the independent solvers, all of
     higher order (scipy's BDF 75, 3x: 224): an order-2 method's error accumulated over
     OREGO's oscillation. It falls as the tolerance shrinks, ~6x per decade (measured: 486,
-    78, 13 at 1, 0.1, 0.01 times the standard tolerance; an order-2 solution under order-3
-    error control gives tol^(2/3), 4.6x): asserted at least 3x per decade, and within the
-    bound at a tenth of the tolerance (78 against 224)."""
+    78, 13 at 1, 0.1, 0.01 times the standard tolerance; an order-2 solution whose local
+    error estimate is O(h^3), so h ~ tol^(1/3) and the global error ~ tol^(2/3), 4.6x):
+    asserted at least 3x per decade, and within the bound at a tenth of the tolerance (78
+    against 224)."""
     ref = np.asarray(REFERENCES["orego"]["y"])
     errors = []
     for scale in (1.0, 0.1):  # (errors in units of the standard tolerance)
