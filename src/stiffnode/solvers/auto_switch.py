@@ -635,25 +635,26 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # point, the steps and rejections in the loop at most 2 slots; streak and contrary
         # are only compared with the switching thresholds). t = NaN ends the loop without
         # reaching t1 (a rejected step).
-        def pack(t, h, tally):
+        def pack_scalars(t, h, tally):
             scalars = jnp.stack([t, h, end_of(t, h), tally.stiffness_max.astype(tdtype)])
             return jnp.concatenate([scalars, (tally.counts - offset).astype(tdtype)])
 
-        def unpack(scalars, history):
+        def unpack_scalars(scalars, history):
             counts = scalars[4:].astype(jnp.int32) + offset
             tally = _Tally(counts=counts, stiffness_max=scalars[3].astype(sdtype), history=history)
             return scalars[0], scalars[1], scalars[2], tally
 
         def cond(carry):
             scalars = carry[0]
-            t, h, accepted, rejected = scalars[0], scalars[1], scalars[6], scalars[7]
+            # (the counts from position 4: streak, contrary, accepted steps, rejected ones)
+            t, h, accepted, rejected = scalars[0], scalars[1], scalars[4 + 2], scalars[4 + 3]
             # (ended as soon as the sub-steps still needed at the present size would not fit)
             fits = accepted + (t1 - t) / h <= 2 * slots
             return (t < t1) & fits & (accepted + rejected < 2 * slots)
 
         def body(carry):
             scalars, y, f, history, buffers = carry
-            t, h, tn, tally = unpack(scalars, history)
+            t, h, tn, tally = unpack_scalars(scalars, history)
             clipped = h >= t1 - t
             y1, err, dense, f1, observed, ratio_sq, _ = attempt(t, tn, y, f, tally)
             finite = jnp.isfinite(ratio_sq)
@@ -682,7 +683,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             # A non-finite attempt ends the loop with its y: the controller sees it.
             y = jax.tree.map(lambda x, z: jnp.where(ok | ~finite, x, z), y1, y)
             t = jnp.where(ok, tn, jnp.where(finite, t, jnp.nan))
-            return pack(t, h_next, tally), y, keep(f1, f), tally.history, buffers
+            return pack_scalars(t, h_next, tally), y, keep(f1, f), tally.history, buffers
 
         h0 = jnp.where(restart, (t1 - t0) / self.substeps, state.times[4]).astype(tdtype)
         buffers = (
@@ -694,12 +695,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # >= 1), only after a rejection: a step holding more than twice the target at the
         # present sub-step size is rejected before any work.
         start = jnp.where((t1 - t0) / h0 > 2 * self.substeps, jnp.nan, t0).astype(tdtype)
-        carry = (pack(start, h0, tally), y0, f0, tally.history, buffers)
+        carry = (pack_scalars(start, h0, tally), y0, f0, tally.history, buffers)
         kind = {None: "checkpointed", "lax": "lax", "bounded": "bounded"}[self.nonstiff.scan_kind]
         scalars, y1, f1, history, buffers = eqxi.while_loop(
             cond, body, carry, max_steps=None if kind == "lax" else 2 * slots, kind=kind
         )
-        t, h, _, tally = unpack(scalars, history)
+        t, h, _, tally = unpack_scalars(scalars, history)
         # The number of sub-steps of the size proposed last that this step's length holds,
         # over the target: below 1 when t1 was reached (accepted), above when not.
         load = (t1 - t0) / h / self.substeps
