@@ -2,6 +2,15 @@
 explicit and stiff solvers, as an optax optimizer (`gradient_flow`)."""
 
 from .driver import FlowRun, run
+from .losses import (
+    AbstractOutputLoss,
+    Classification,
+    LeastSquares,
+    classification,
+    gauss_newton_matrix,
+    least_squares,
+)
+from .pseudo_transient import PseudoTransientState, pseudo_transient
 from .scipy_baseline import ScipyFlowResult, scipy_gradient_flow
 from .transform import (
     FLOW_STAT_KEYS,
@@ -21,6 +30,14 @@ from .vector_field import (
 )
 
 __all__ = [
+    "AbstractOutputLoss",
+    "Classification",
+    "LeastSquares",
+    "PseudoTransientState",
+    "classification",
+    "gauss_newton_matrix",
+    "least_squares",
+    "pseudo_transient",
     "FlowRun",
     "ScipyFlowResult",
     "run",

@@ -99,7 +99,6 @@ class _WallTimeExceeded(Exception):
     """Raised inside the right-hand side once `max_wall_time` has passed."""
 
 
-
 def _check_t_eval(t_eval, t1: float) -> np.ndarray:
     if t_eval is None:
         return np.zeros(0)

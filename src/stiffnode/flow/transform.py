@@ -1,7 +1,7 @@
 """Gradient-flow training as an optax optimizer: each update solves the flow over a window."""
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -13,19 +13,10 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from .._validation import positive_int, positive_number
 from ..solve import get_solver, solve
-from ..solvers import BDF, STAT_KEYS, AutoSwitch, Rodas3, Rodas5P, Rosenbrock23
-from ..solvers.stats import NOT_COUNTED
+from ..solvers import BDF, AutoSwitch, Rodas3, Rodas5P, Rosenbrock23
+from .pseudo_transient import pseudo_transient
+from .state import FLOW_STAT_KEYS, GradientFlowState, accumulate_stats
 from .vector_field import GradientFlowField, LossFn
-
-FLOW_STAT_KEYS: tuple[str, ...] = (
-    "num_steps",
-    "num_accepted_steps",
-    "num_rejected_steps",
-    *STAT_KEYS,
-)
-"""The statistics a `gradient_flow` state accumulates (see `stiffnode.stats`). For the flow,
-`num_vf_evals` counts gradient evaluations, `num_jac_evals` dense Hessians (or, matrix-free,
-linearisation points), `num_jvp_evals` Hessian-vector products."""
 
 STIFF_SOLVERS = (
     "kvaerno3", "kvaerno4", "kvaerno5", "implicit_euler", "bdf", "ndf", "rodas3", "rodas5p",
@@ -42,17 +33,6 @@ FLOW_GMRES_RTOL = 0.1
 rtol). Measured for BDF (inexact Newton) on the digits MLP flow (1,210 parameters, rtol =
 atol = 0.1): 0.1 needs 962 Hessian-vector products to Adam's loss, BDF's default 1e-3 needs
 2,789, with the same steps and gradients."""
-
-
-class GradientFlowState(NamedTuple):
-    """`count` windows solved, flow time `time` reached, and the work so far: `stats`
-    summed over all windows, `window_stats` of the last one (keys `FLOW_STAT_KEYS`;
-    `NOT_COUNTED` (-1) where the solver does not report a count)."""
-
-    count: Int[Array, ""]
-    time: Float[Array, ""]
-    stats: dict[str, Int[Array, ""]]
-    window_stats: dict[str, Int[Array, ""]]
 
 
 def _value(name: str, x: float | Schedule, count) -> Array:
@@ -104,27 +84,29 @@ def flow_solver(
     return get_solver(name)
 
 
-def _accumulate(total: dict, window: dict) -> dict:
-    """Sums the counts; a `NOT_COUNTED` window leaves the total `NOT_COUNTED`."""
-    return {
-        k: jnp.where((total[k] < 0) | (window[k] < 0), NOT_COUNTED, total[k] + window[k])
-        for k in FLOW_STAT_KEYS
-    }
-
-
 def gradient_flow(
     loss_fn: LossFn,
-    solver: str | diffrax.AbstractSolver = "bdf",
-    window: float | Schedule = 1.0,
-    rtol: float | Schedule = 1e-3,
-    atol: float | Schedule = 1e-6,
+    solver: str | diffrax.AbstractSolver | None = None,
+    window: float | Schedule | None = None,
+    rtol: float | Schedule | None = None,
+    atol: float | Schedule | None = None,
     *,
     linear_solver: str = "auto",
     max_steps: int = 4096,
 ) -> optax.GradientTransformationExtraArgs:
-    """Training as an ODE: each update moves the parameters along the gradient flow
-    `dtheta/dt = -grad L(theta)` for flow time `window`, `updates = theta(t + window) -
-    theta(t)`, solved by `solver` with `stiffnode.solve`.
+    """Training as an ODE: the gradient flow `dtheta/dt = -grad L(theta)` as an optax
+    optimizer, in one of two modes.
+
+    **Steps chosen by the loss** (`solver=None`, the default, and the fast way to train):
+    `pseudo_transient(loss_fn)`, one linearly implicit step per update whose pseudo-time
+    step grows while the loss falls as its quadratic model predicts (towards the
+    Gauss-Newton step for `flow.least_squares` / `flow.classification` losses, the Newton
+    step otherwise). The transient of the flow is skipped, not followed.
+
+    **The flow followed to a tolerance** (a `solver` given): each update moves the
+    parameters along the flow for flow time `window`, `updates = theta(t + window) -
+    theta(t)`, solved by `solver` with `stiffnode.solve` (the seed's setting, and what the
+    scipy comparison measures).
 
     Gradient descent with learning rate `eta` is explicit Euler on this flow with step
     `eta`; here an adaptive (and, for stiff solvers, implicit) method picks the steps. The
@@ -132,9 +114,10 @@ def gradient_flow(
     products (`linear_solver`).
 
     Use it like any optax optimizer; `params` are required (the flow evaluates gradients
-    inside the window), and the incoming `updates` (usually the gradient) are ignored:
+    itself), and the incoming `updates` (usually the gradient) are ignored:
 
-        opt = gradient_flow(loss_fn, solver="bdf", window=1.0)
+        opt = gradient_flow(flow.least_squares(residual_fn))      # or any loss_fn
+        opt = gradient_flow(loss_fn, solver="bdf", window=1.0)    # the flow followed
         state = opt.init(params)
         updates, state = opt.update(grads, state, params, batch=batch)
         params = optax.apply_updates(params, updates)
@@ -144,9 +127,11 @@ def gradient_flow(
     window: a minibatch gradient flow, not the flow of the full loss.
 
     Args:
-        loss_fn: `loss_fn(params, **loss_kwargs) -> scalar`.
-        solver: a name (`"tsit5"`, `"dopri5"`, `"kvaerno3"`, `"kvaerno5"`, `"bdf"`, `"ndf"`,
-            `"rodas3"`, any of `stiffnode.SOLVERS`) or a diffrax solver.
+        loss_fn: `loss_fn(params, **loss_kwargs) -> scalar`, or a loss built by
+            `flow.least_squares` / `flow.classification` (positive curvature).
+        solver: None (steps chosen by the loss), or a name (`"tsit5"`, `"dopri5"`,
+            `"kvaerno5"`, `"bdf"`, `"rodas3"`, any of `stiffnode.SOLVERS`) or a diffrax
+            solver for the flow followed to a tolerance.
         window: flow time per update, a number or a schedule `count -> window` (e.g. an
             optax schedule, to lengthen windows as training proceeds).
         rtol, atol: the solver's local error tolerances per parameter, `atol + rtol
@@ -157,8 +142,31 @@ def gradient_flow(
             `flow_solver`).
         max_steps: step budget per window; exhausting it is an error.
 
-    The state (`GradientFlowState`) counts the windows, the flow time and the solver work.
+    The state (`GradientFlowState`, inside a `PseudoTransientState` for the default) counts
+    the updates, the flow time and the solver work.
     """
+    if solver is None:
+        given = [
+            name
+            for name, value, default in (
+                ("window", window, None),
+                ("rtol", rtol, None),
+                ("atol", atol, None),
+                ("linear_solver", linear_solver, "auto"),
+                ("max_steps", max_steps, 4096),
+            )
+            if value != default
+        ]
+        if given:
+            raise ValueError(
+                f"gradient_flow: {', '.join(given)} set the error-controlled flow, which needs "
+                "a solver (e.g. solver='bdf'); without one the loss chooses the steps "
+                "(see flow.pseudo_transient for its settings)"
+            )
+        return pseudo_transient(loss_fn)
+    window = 1.0 if window is None else window
+    rtol = 1e-3 if rtol is None else rtol
+    atol = 1e-6 if atol is None else atol
     for name, x in (("window", window), ("rtol", rtol), ("atol", atol)):
         _check_positive(name, x)
     positive_int("max_steps", max_steps)
@@ -204,7 +212,7 @@ def gradient_flow(
         new_updates = jtu.tree_map(jnp.subtract, end, params)
         window_stats = {k: sol.stats[k].astype(jnp.int32) for k in FLOW_STAT_KEYS}
         return new_updates, GradientFlowState(
-            state.count + 1, t1, _accumulate(state.stats, window_stats), window_stats
+            state.count + 1, t1, accumulate_stats(state.stats, window_stats), window_stats
         )
 
     return optax.GradientTransformationExtraArgs(init, update)

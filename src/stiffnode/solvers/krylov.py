@@ -119,3 +119,58 @@ def gmres(
     start = (jnp.array(1), x, r, k + (~done).astype(k.dtype), res)
     _, x, _, count, res = jax.lax.while_loop(cond, body, start)
     return KrylovSolution(x, count.astype(jnp.int32), res <= tol)
+
+
+class CGSolution(NamedTuple):
+    """`x` and its residual `b - A x`, the products spent, whether `||residual|| <= tol` was
+    reached, and whether a direction of non-positive curvature stopped the iteration."""
+
+    x: Float[Array, " n"]
+    residual: Float[Array, " n"]
+    num_matvecs: Int[Array, ""]
+    converged: Bool[Array, ""]
+    negative_curvature: Bool[Array, ""]
+
+
+def conjugate_gradient(
+    matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+    b: Float[Array, " n"],
+    *,
+    rtol: float | Float[Array, ""],
+    max_iters: int,
+    preconditioner: Float[Array, " n"] | None = None,
+) -> CGSolution:
+    """Solve `A x = b` for symmetric `A` by (preconditioned) conjugate gradients from
+    `x = 0`, stopping at `||b - A x||_2 <= rtol ||b||_2`, after `max_iters` products, or at
+    the first direction `p` with `p^T A p <= 0` (Steihaug 1983: `A` is not positive definite
+    there; `x` is then the last iterate, which still decreases the quadratic model
+    `x^T A x / 2 - b^T x` as long as `A` is positive on the space spanned so far).
+
+    `preconditioner` is the diagonal of `M^{-1}` (e.g. one over a diagonal estimate of `A`).
+    """
+    inv_m = jnp.ones_like(b) if preconditioner is None else preconditioner
+    tol = rtol * jnp.linalg.norm(b)
+    z = inv_m * b
+    x0 = jnp.zeros_like(b)
+    # carry: k, x, r, p, r.z, stop flags
+    start = (jnp.array(0, jnp.int32), x0, b, z, jnp.vdot(b, z), jnp.array(False))
+
+    def cond(carry):
+        k, _, r, _, _, negative = carry
+        return (k < max_iters) & (jnp.linalg.norm(r) > tol) & ~negative
+
+    def body(carry):
+        k, x, r, p, rz, _ = carry
+        ap = matvec(p)
+        curvature = jnp.vdot(p, ap)
+        negative = curvature <= 0
+        alpha = jnp.where(negative, 0.0, rz / jnp.where(negative, 1.0, curvature))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = inv_m * r
+        rz_new = jnp.vdot(r, z)
+        p = z + (rz_new / jnp.where(rz == 0, 1.0, rz)) * p
+        return k + 1, x, r, p, rz_new, negative
+
+    k, x, r, _, _, negative = jax.lax.while_loop(cond, body, start)
+    return CGSolution(x, r, k, jnp.linalg.norm(r) <= tol, negative)

@@ -1,10 +1,11 @@
 """Extreme eigenvalues of a symmetric operator from its matrix-vector products (Lanczos)."""
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._validation import positive_int
 
@@ -49,3 +50,86 @@ def lanczos_extremes(
     T = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
     ritz = jnp.linalg.eigvalsh(T)
     return ritz[0], ritz[-1]
+
+
+class KrylovBasis(NamedTuple):
+    """`k` Lanczos steps on a symmetric `A` from `b`: the orthonormal basis `V` (rows
+    `0..k-1` in use), the tridiagonal `T = V A V^T` as its diagonal `alphas` and
+    off-diagonal `betas` (`betas[i]` couples `i` and `i + 1`; entries past `k` are
+    identity padding) and `||b||`. On this space `A + s I` is solved for every shift `s`
+    with no further product (the Krylov space is shift invariant)."""
+
+    V: Float[Array, "m n"]
+    alphas: Float[Array, " m"]
+    betas: Float[Array, " m"]
+    norm_b: Float[Array, ""]
+    num_iters: Int[Array, ""]
+
+    def quadratic_form(self, y: Float[Array, " m"]) -> Float[Array, ""]:
+        """`y^T T y` (for `y` zero past `num_iters`)."""
+        return jnp.vdot(y, self.alphas * y) + 2.0 * jnp.vdot(y[:-1], self.betas[:-1] * y[1:])
+
+
+def _padded(alphas, betas, k):
+    """`T`'s leading `k x k` block, the identity after it."""
+    index = jnp.arange(alphas.shape[0])
+    return jnp.where(index < k, alphas, 1.0), jnp.where(index + 1 < k, betas, 0.0)
+
+
+def shifted_solve(basis: KrylovBasis, shift: Float[Array, ""]) -> Float[Array, " m"]:
+    """Coefficients `y` of `x = V^T y`, the Galerkin solution of `(A + shift I) x = b` on
+    the basis (conjugate gradients' iterate for that shift), by a tridiagonal solve."""
+    m = basis.alphas.shape[0]
+    active = jnp.arange(m) < basis.num_iters
+    diagonal = basis.alphas + jnp.where(active, shift, 0.0)
+    lower = jnp.concatenate([jnp.zeros(1, diagonal.dtype), basis.betas[:-1]])
+    upper = jnp.concatenate([basis.betas[:-1], jnp.zeros(1, diagonal.dtype)])
+    rhs = jnp.zeros((m, 1), diagonal.dtype).at[0, 0].set(basis.norm_b)
+    y = jax.lax.linalg.tridiagonal_solve(lower, diagonal, upper, rhs)[:, 0]
+    return jnp.where(active, y, 0.0)
+
+
+def lanczos_basis(
+    matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+    b: Float[Array, " n"],
+    *,
+    shift: Float[Array, ""],
+    rtol: float | Float[Array, ""],
+    max_iters: int,
+) -> KrylovBasis:
+    """Lanczos on `A` from `b`, fully reorthogonalised, until the solution of
+    `(A + shift I) x = b` on the basis has residual `||b - (A + shift I) x|| <= rtol ||b||`
+    (conjugate gradients' test: the residual is `beta_{k+1} |y_k|`), `max_iters` products,
+    or an invariant subspace."""
+    n = b.shape[0]
+    m = min(positive_int("max_iters", max_iters), n)
+    dtype = b.dtype
+    norm_b = jnp.linalg.norm(b)
+    V = jnp.zeros((m + 1, n), dtype).at[0].set(b / jnp.where(norm_b > 0, norm_b, 1.0))
+    rows = jnp.arange(m + 1)
+    zeros = jnp.zeros(m, dtype)
+    tol = rtol * norm_b
+
+    def cond(carry):
+        k, _, _, _, residual = carry
+        return (k < m) & (residual > tol)
+
+    def body(carry):
+        k, V, alphas, betas, _ = carry
+        w = matvec(V[k])
+        alpha = jnp.vdot(V[k], w)
+        mask = (rows <= k).astype(dtype)
+        w = w - V.T @ (mask * (V @ w))  # full reorthogonalisation, twice
+        w = w - V.T @ (mask * (V @ w))
+        beta = jnp.linalg.norm(w)
+        V = V.at[k + 1].set(w / jnp.where(beta > 0, beta, 1.0))
+        alphas, betas = alphas.at[k].set(alpha), betas.at[k].set(beta)
+        basis = KrylovBasis(V, *_padded(alphas, betas, k + 1), norm_b, k + 1)
+        y = shifted_solve(basis, shift)
+        residual = beta * jnp.abs(y[k])
+        breakdown = beta <= 1e-12 * (jnp.abs(alpha) + norm_b) + jnp.finfo(dtype).tiny
+        return k + 1, V, alphas, betas, jnp.where(breakdown, 0.0, residual)
+
+    start = (jnp.array(0, jnp.int32), V, zeros, zeros, norm_b)
+    k, V, alphas, betas, _ = jax.lax.while_loop(cond, body, start)
+    return KrylovBasis(V[:m], *_padded(alphas, betas, k), norm_b, k)
