@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_flow_parser(commands):
     """`stiffnode flow`: gradient-flow training against optax (stiffnode.studies)."""
-    from .studies import flow_training
+    from .studies import flow_training, optimizer_race
 
     flow = commands.add_parser(
         "flow",
@@ -121,6 +121,14 @@ def _add_flow_parser(commands):
                       help="learning rates tried for SGD, momentum and Adam "
                       "(default 1e-3 3e-3 ... 3)")
     flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    flow.add_argument("--race", nargs="*", default=None, metavar="TASK",
+                      choices=tuple(optimizer_race.TASKS),
+                      help="instead: the default flow against Adam, L-BFGS, "
+                      "Levenberg-Marquardt and Adam-then-L-BFGS to Adam's loss, on the given "
+                      f"tasks (default all: {' '.join(optimizer_race.TASKS)}); writes "
+                      "DIR/race.json, table.md, race_TASK.png")
+    flow.add_argument("--seeds", type=_positive_int, default=5, metavar="N",
+                      help="with --race: seeds 0..N-1 (default 5)")
     flow.add_argument("--quiet", action="store_true", help="no progress bars")
     flow.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
                       help="CPU devices the optax and flow runs split their batch over (data "
@@ -262,6 +270,15 @@ def _run(args: argparse.Namespace) -> int:
         if main_process:
             print(json.dumps(summary, indent=2))
             print(f"wrote {Path(args.out) / 'summary.json'}")
+    elif args.command == "flow" and args.race is not None:
+        from .studies.optimizer_race import TASKS as RACE_TASKS
+        from .studies.optimizer_race import run_race
+
+        jax.config.update("jax_enable_x64", True)
+        run_race(args.out, tasks=tuple(args.race or RACE_TASKS), seeds=range(args.seeds),
+                 progress=not args.quiet)
+        print((Path(args.out) / "table.md").read_text(), end="")
+        print(f"wrote {Path(args.out) / 'race.json'}")
     elif args.command == "flow":
         from . import distributed
         from .studies.flow_training import run_study as run_flow_study
