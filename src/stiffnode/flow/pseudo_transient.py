@@ -4,14 +4,14 @@ Each update is one linearly implicit (Rosenbrock-Euler) step of `dtheta/dt = -gr
 
     (I / h + C) d = -grad L(theta),    theta <- theta + d,
 
-with `C` the loss's curvature (Gauss-Newton for an `AbstractOutputLoss`, else the Hessian)
-solved by conjugate gradients. Small `h` is a gradient-descent step of length `h`; as `h`
-grows the step tends to the (Gauss-)Newton step. `h` is set by how well the quadratic model
-predicted the loss's decrease, `rho = (L(theta) - L(theta + d)) / (model decrease)`, as a
-trust region is (Kelley & Keyes 1998; Luo, Kelley, Liao & Tam 2006; Nielsen 1999's update of
-`1 / h`): the flow's transient is skipped wherever the model can be trusted, followed where
-it cannot. With the Gauss-Newton matrix this is Levenberg-Marquardt's step with damping
-`1 / h`, matrix-free.
+with `C` the loss's curvature (Gauss-Newton for an `AbstractOutputLoss`, else the Hessian),
+solved on one Lanczos (conjugate-gradient) space per update that every attempt of the
+update shares. Small `h` is a gradient-descent step of length `h`; as `h` grows the step
+tends to the (Gauss-)Newton step. `h` is set by how well the quadratic model predicted the
+loss's decrease, `rho = (L(theta) - L(theta + d)) / (model decrease)`, as a trust region's
+radius is (Kelley & Keyes 1998; Luo, Kelley, Liao & Tam 2006; Nielsen 1999): the flow's
+transient is skipped wherever the model can be trusted, followed where it cannot. With the
+Gauss-Newton matrix this is Levenberg-Marquardt's step with damping `1 / h`, matrix-free.
 """
 
 from typing import Any, NamedTuple
@@ -28,9 +28,11 @@ from .losses import linearize
 from .state import FLOW_STAT_KEYS, GradientFlowState, accumulate_stats
 from .vector_field import LossFn
 
-_MIN_SHRINK = 1.0 / 3.0
-_GROWTH0 = 2.0
-_GROWTH_MULT = 2.0
+GROW_ABOVE = 0.1
+"""`h` triples after an accepted step with `rho` above this (Nielsen's rule would only
+grow it near `rho = 1`: on the Alpine02 ResNet `rho` stays near 0.5, `h` near 0.5, and
+310 updates reach Adam's loss against 191 with this rule; sinc, Poisson and digits within
+5% either way)."""
 
 
 class PseudoTransientState(NamedTuple):
@@ -87,7 +89,9 @@ def pseudo_transient(
         loss_fn: `loss_fn(params, **batch) -> scalar`, or a `flow.AbstractOutputLoss`.
         initial_step: the first `h`; by default `1 / (g^T C g / g^T g)`, the step along the
             gradient `g` that minimises the quadratic model.
-        cg_rtol: the linear solve stops at `||residual|| <= cg_rtol ||grad L||`.
+        cg_rtol: the linear solve stops at `||residual|| <= cg_rtol ||grad L||` (0.1: an
+            inexact Newton step; 1e-3 took 15-33% fewer updates on the sinc and digits
+            tasks of `studies.optimizer_race` but more wall time on all but sinc).
         max_cg_iters: at most this many curvature products per attempt.
         max_attempts: attempts per update.
         accept_ratio: the least `rho` accepted.
@@ -153,12 +157,12 @@ def pseudo_transient(
             trial = loss_fn(unravel(theta + d), **batch)
             rho = (lin.loss - trial) / jnp.where(predicted > 0, predicted, 1.0)
             ok = jnp.isfinite(trial) & (predicted > 0) & (rho >= accept_ratio)
-            # Nielsen's rule for the damping 1/h: shrink it by up to 3x after a good
-            # prediction, grow it by `growth` (doubling each time) after a rejection.
-            shrink = jnp.maximum(_MIN_SHRINK, 1.0 - (2.0 * rho - 1.0) ** 3)
+            # h triples while the model is fair (rho > GROW_ABOVE); below, Nielsen's rule
+            # shrinks it 1.5-2x; a rejection divides it by `growth`, doubled each time.
+            factor = jnp.where(rho > GROW_ABOVE, 3.0, 1.0 / (1.0 - (2.0 * rho - 1.0) ** 3))
             taken = jnp.where(ok, 1.0 / damping, 0.0)
-            h = jnp.where(ok, 1.0 / (damping * shrink), 1.0 / (damping * growth))
-            growth = jnp.where(ok, _GROWTH0, _GROWTH_MULT * growth)
+            h = jnp.where(ok, factor / damping, 1.0 / (damping * growth))
+            growth = jnp.where(ok, 2.0, 2.0 * growth)
             return (
                 tries + 1,
                 h.astype(theta.dtype),
