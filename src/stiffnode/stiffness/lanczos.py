@@ -10,6 +10,18 @@ from jaxtyping import Array, Float, Int
 from .._validation import positive_int
 
 
+def _extend(matvec, V, k):
+    """Lanczos step `k` on the rows of `V`: `alpha = v_k^T A v_k`, and `A v_k` orthogonalised
+    (twice, fully) against rows `0..k`, normalised into row `k + 1` with its norm `beta`."""
+    w = matvec(V[k])
+    alpha = jnp.vdot(V[k], w)
+    mask = (jnp.arange(V.shape[0]) <= k).astype(V.dtype)
+    w = w - V.T @ (mask * (V @ w))
+    w = w - V.T @ (mask * (V @ w))
+    beta = jnp.linalg.norm(w)
+    return V.at[k + 1].set(w / jnp.where(beta > 0, beta, 1.0)), alpha, beta
+
+
 def lanczos_extremes(
     matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
     v0: Float[Array, " n"],
@@ -27,17 +39,10 @@ def lanczos_extremes(
     m = min(positive_int("num_iters", num_iters), n)
     dtype = v0.dtype
     V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    rows = jnp.arange(m + 1)
 
     def step(carry, k):
         V, alive = carry
-        w = matvec(V[k])
-        alpha = jnp.vdot(V[k], w)
-        mask = (rows <= k).astype(dtype)
-        w = w - V.T @ (mask * (V @ w))  # full reorthogonalisation, twice
-        w = w - V.T @ (mask * (V @ w))
-        beta = jnp.linalg.norm(w)
-        V = V.at[k + 1].set(w / jnp.where(beta > 0, beta, 1.0))
+        V, alpha, beta = _extend(matvec, V, k)
         next_alive = alive & (beta > 1e-10 * jnp.abs(alpha) + jnp.finfo(dtype).tiny)
         return (V, next_alive), (alpha, beta, alive)
 
@@ -106,7 +111,6 @@ def lanczos_basis(
     dtype = b.dtype
     norm_b = jnp.linalg.norm(b)
     V = jnp.zeros((m + 1, n), dtype).at[0].set(b / jnp.where(norm_b > 0, norm_b, 1.0))
-    rows = jnp.arange(m + 1)
     zeros = jnp.zeros(m, dtype)
     tol = rtol * norm_b
 
@@ -116,13 +120,7 @@ def lanczos_basis(
 
     def body(carry):
         k, V, alphas, betas, _ = carry
-        w = matvec(V[k])
-        alpha = jnp.vdot(V[k], w)
-        mask = (rows <= k).astype(dtype)
-        w = w - V.T @ (mask * (V @ w))  # full reorthogonalisation, twice
-        w = w - V.T @ (mask * (V @ w))
-        beta = jnp.linalg.norm(w)
-        V = V.at[k + 1].set(w / jnp.where(beta > 0, beta, 1.0))
+        V, alpha, beta = _extend(matvec, V, k)
         alphas, betas = alphas.at[k].set(alpha), betas.at[k].set(beta)
         basis = KrylovBasis(V, *_padded(alphas, betas, k + 1), norm_b, k + 1)
         y = shifted_solve(basis, shift)
