@@ -375,6 +375,22 @@ def test_forward_mode_through_a_wrapped_runge_kutta_solver(wrapping):
     assert abs(float(derivative) + np.exp(-0.7)) < BOUND * RTOL * np.exp(-0.7)
 
 
+def test_forward_mode_by_name_and_a_clear_error_without_it():
+    """`jax.jacfwd` through `stiffnode.solve(adjoint="forward")` gives d y(1) / dk of
+    y' = -k y, -e^-k; through the default reverse-mode adjoint it is a `TypeError` that says
+    which adjoint to use (JAX's own message names no way out)."""
+
+    def end(k, adjoint):
+        sol = sn.solve(lambda t, y, k: -k * y, jnp.ones(1), 0.0, 1.0, args=k, solver="bdf",
+                       rtol=RTOL, atol=ATOL, adjoint=adjoint)  # fmt: skip
+        return sol.ys[-1, 0]
+
+    derivative = jax.jacfwd(end)(jnp.array(0.7), "forward")
+    assert abs(float(derivative) + np.exp(-0.7)) < BOUND * RTOL * np.exp(-0.7)
+    with pytest.raises(TypeError, match='adjoint="forward"'):
+        jax.jacfwd(end)(jnp.array(0.7), "recursive")
+
+
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_implicit_adjoint_at_a_steady_state(name):
     """y' = k - y run to its steady state (diffrax's steady-state event) with

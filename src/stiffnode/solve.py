@@ -84,6 +84,7 @@ _ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "recursive": diffrax.RecursiveCheckpointAdjoint,
     "backsolve": diffrax.BacksolveAdjoint,
     "direct": diffrax.DirectAdjoint,
+    "forward": diffrax.ForwardMode,
 }
 
 
@@ -417,7 +418,8 @@ def solve(
     stepsize_controller: Literal["pid", "constant", "solver"]
     | diffrax.AbstractStepSizeController
     | None = None,
-    adjoint: Literal["recursive", "backsolve", "direct"] | diffrax.AbstractAdjoint = "recursive",
+    adjoint: Literal["recursive", "backsolve", "direct", "forward"]
+    | diffrax.AbstractAdjoint = "recursive",
     jump_ts: Sequence[float] | Array | None = None,
     throw: bool = True,
     progress: bool = False,
@@ -456,7 +458,11 @@ def solve(
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
             memory, gradient of the continuous problem up to the backward solve's error),
-            `"direct"`, or a `diffrax.AbstractAdjoint`.
+            `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
+            `jax.jvp`/`jax.jacfwd`; the cheaper way when states and parameters are few),
+            or a `diffrax.AbstractAdjoint`. Reverse-mode adjoints cannot be
+            forward-differentiated: `jax.jacfwd` through them raises a `TypeError` that
+            says to use `adjoint="forward"`.
         jump_ts: times where the vector field is discontinuous in t (adaptive stepping):
             steps end just before each and restart just after, and no stage of a step looks
             past the next jump (`solvers.JumpAwareSolver`; forward-in-time solves).
@@ -534,21 +540,29 @@ def solve(
             controller_state=saveat.controller_state or monitored,
             made_jump=saveat.made_jump,
         )
-    sol = diffrax.diffeqsolve(
-        terms,
-        stepping_solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        throw=False,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
-    )
+    try:
+        sol = diffrax.diffeqsolve(
+            terms,
+            stepping_solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            args=args,
+            saveat=saveat,
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=False,
+            progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        )
+    except TypeError as error:
+        if "forward-mode" not in str(error) or isinstance(adjoint, diffrax.ForwardMode):
+            raise
+        raise TypeError(
+            f"stiffnode.solve: forward-mode autodiff (jax.jvp, jax.jacfwd) through the "
+            f"reverse-mode adjoint {type(adjoint).__name__}; pass adjoint=\"forward\""
+        ) from error
     if throw:
         sol = _raise_if_nonfinite(sol, monitored, t0, t1)
         sol = eqx.error_if(

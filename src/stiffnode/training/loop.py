@@ -52,7 +52,7 @@ class LoopResult(NamedTuple):
 
     state: Any
     history: dict[str, np.ndarray]  # name -> (records, ...) (members: (members, records))
-    records: int  # records done (fewer than asked only when every member diverged)
+    records: int  # records done (fewer than asked when stopped or every member diverged)
     wall_time_s: float  # seconds in `advance`, a resumed run's earlier time included
     diverged_at: np.ndarray | None  # members: the step count at which each diverged; 0: never
 
@@ -76,6 +76,8 @@ def train_loop(
     to_host: Callable[[State], Any] = lambda s: s,
     from_host: Callable[[Any], State] = lambda s: s,
     across_processes: bool = False,
+    stop: Callable[[dict[str, list]], bool] | None = None,
+    max_seconds: float | None = None,
 ) -> LoopResult:
     """`state, metrics = advance(state)` `num_records` times, each covering `every` units
     (epochs or steps); `metrics[loss_key]` is checked after each call.
@@ -96,6 +98,10 @@ def train_loop(
             writing its own share to its own `checkpoint`: process 0's clock says when to
             write, and a run resumes only if every process finds a checkpoint of the same
             record (otherwise all restart). Every process must then run the loop.
+        stop: `stop(history)` (name -> the records' metrics so far, on host) before each
+            record: True ends the loop (e.g. a target loss reached).
+        max_seconds: no record is started once `advance` has run this long in all (a
+            resumed run's earlier time included).
     """
     history: dict[str, list] = {}
     done, wall_before = 0, 0.0
@@ -116,6 +122,10 @@ def train_loop(
     start = last_save = time.perf_counter()
     try:
         for record in range(done, num_records):
+            if stop is not None and history and stop(history):
+                break
+            if max_seconds is not None and wall_before + time.perf_counter() - start >= max_seconds:
+                break
             state, metrics = advance(state)
             metrics = {k: np.asarray(v) for k, v in metrics.items()}
             for name, value in metrics.items():
