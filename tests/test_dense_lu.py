@@ -10,8 +10,10 @@ import pytest
 from stiffnode.solvers.dense_lu import (
     UNROLLED_MAX_N,
     determinant_is_positive,
+    factored_solve,
     lu_factor,
     lu_solve,
+    lu_solve_transposed,
 )
 from stiffnode.solvers.unrolled import rows_sum, set_row, small_matmul
 
@@ -66,6 +68,33 @@ def test_gradient_and_vmap(n):
     stacked = jnp.stack([jnp.asarray(a), 2 * jnp.asarray(a)])
     xs = jax.vmap(lambda m: lu_solve(lu_factor(m), jnp.asarray(b)))(stacked)
     np.testing.assert_allclose(xs, [x, x / 2], rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 3, UNROLLED_MAX_N, UNROLLED_MAX_N + 1])
+def test_transposed_solve_and_the_solve_differentiated_as_a_solve(n):
+    """`A^{-T} b` against numpy; `factored_solve`'s reverse-mode gradients against the
+    closed forms `-A^{-T} w x^T` (matrix) and `A^{-T} w` (right-hand side), its forward mode
+    against `A^{-1} (db - dA x)`, all from factors the derivative does not go through."""
+    a, b = _system(n, 4)
+    w = np.random.default_rng(5).normal(size=n)
+    bound = 10 * n * np.linalg.cond(a) * np.finfo(np.float64).eps  # as above
+    lam = np.linalg.solve(a.T, w)
+    got = np.asarray(lu_solve_transposed(lu_factor(jnp.asarray(a)), jnp.asarray(w)))
+    assert np.max(np.abs(got - lam)) <= bound * np.max(np.abs(lam))
+    x = np.linalg.solve(a, b)
+
+    def solve(a, b):
+        return factored_solve(a, lu_factor(a), b)
+
+    grad_a, grad_b = jax.grad(lambda a, b: jnp.dot(w, solve(a, b)), argnums=(0, 1))(
+        jnp.asarray(a), jnp.asarray(b)
+    )
+    np.testing.assert_allclose(grad_a, -np.outer(lam, x), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grad_b, lam, rtol=1e-9, atol=1e-12)
+    da, db = np.outer(w, w), w
+    tangent = jax.jvp(solve, (jnp.asarray(a), jnp.asarray(b)), (jnp.asarray(da), jnp.asarray(db)))
+    np.testing.assert_allclose(tangent[1], np.linalg.solve(a, db - da @ x), rtol=1e-9,
+                               atol=1e-12)  # fmt: skip
 
 
 def test_bad_shapes_are_named():

@@ -390,9 +390,29 @@ def _saveat(saveat):
     return diffrax.SaveAt(ts=jnp.asarray(saveat))
 
 
-def _adjoint(adjoint):
+CHECKPOINT_BYTES = 8 * 2**20
+"""The memory (per solve; a vmapped solve: per member) within which `adjoint="recursive"`
+checkpoints every one of its `max_steps` steps, estimated at `2 n^2 + 10 n + 24` numbers a
+step for `n` states (above what BDF's state measures: 50 numbers on Robertson, 980 on
+POLLU). Then the backward pass recomputes nothing and skips diffrax's online checkpoint
+schedule: Robertson's gradient through Rodas5P at `max_steps=4096` takes half the time
+(README, "Learning through stiff dynamics"). Beyond it, diffrax's default
+(`~sqrt(2 max_steps)` checkpoints)."""
+
+
+def _recursive_checkpoints(y0, max_steps: int) -> int | None:
+    leaves = jax.tree.leaves(y0)
+    n = sum(np.size(x) for x in leaves)
+    itemsize = max((np.dtype(jnp.result_type(x)).itemsize for x in leaves), default=8)
+    every_step = max_steps * itemsize * (2 * n * n + 10 * n + 24) <= CHECKPOINT_BYTES
+    return max_steps if every_step else None
+
+
+def _adjoint(adjoint, y0, max_steps: int):
     if isinstance(adjoint, diffrax.AbstractAdjoint):
         return adjoint
+    if adjoint == "recursive":
+        return diffrax.RecursiveCheckpointAdjoint(_recursive_checkpoints(y0, max_steps))
     try:
         return _ADJOINTS[adjoint]()
     except (KeyError, TypeError):
@@ -456,7 +476,9 @@ def solve(
             Rodas3), or a diffrax controller. BDF/NDF and Rodas3 work with any of them;
             their work is counted under every adaptive one.
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
-            exact gradient of the discrete solve), `"backsolve"` (continuous adjoint, O(1)
+            exact gradient of the discrete solve; every step checkpointed when
+            `max_steps` of them fit in `CHECKPOINT_BYTES`, so a `max_steps` near the
+            steps needed makes the gradient faster), `"backsolve"` (continuous adjoint, O(1)
             memory, gradient of the continuous problem up to the backward solve's error),
             `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
             `jax.jvp`/`jax.jacfwd`; the cheaper way when states and parameters are few),
@@ -499,7 +521,7 @@ def solve(
         jump_ts,
         max_steps,
     )
-    adjoint = _adjoint(adjoint)
+    adjoint = _adjoint(adjoint, y0, max_steps)
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (

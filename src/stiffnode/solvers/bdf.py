@@ -39,7 +39,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .batching import lazy_cond
-from .dense_lu import UNROLLED_MAX_N, LUFactors, lu_factor, lu_solve
+from .dense_lu import UNROLLED_MAX_N, LUFactors, factored_solve, lu_factor, lu_solve
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 from .unrolled import rows_sum, set_row, small_matmul
@@ -589,7 +589,9 @@ class BDF(AbstractSelfControlledSolver):
         def tangent_solve(g, b):
             # `g` is linear: dG/dd. Both solves are transposable (reverse mode).
             if self.linear_solver == "lu":
-                return jnp.linalg.solve(jax.jacfwd(g)(jnp.zeros_like(b)), b)
+                # (unrolled up to UNROLLED_MAX_N states: no LAPACK call per backward step)
+                a = jax.jacfwd(g)(jnp.zeros_like(b))
+                return factored_solve(a, lu_factor(jax.lax.stop_gradient(a)), b)
 
             def krylov(matvec, rhs):
                 return gmres(matvec, rhs, rtol=1e-10, atol=1e-14, restart=self.gmres_restart).x

@@ -85,6 +85,43 @@ def lu_solve(factors: LUFactors, b: Float[Array, " n"]) -> Float[Array, " n"]:
     return x
 
 
+def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Array, " n"]:
+    """`x = A^{-T} b` from `A[perm] = L U`: `A^T = U^T L^T P`, so `U^T w = b`, `L^T z = w`,
+    `x[perm] = z`."""
+    lu = factors.lu
+    n = lu.shape[0]
+    if b.shape != (n,):
+        raise ValueError(f"lu_solve needs a right-hand side of shape ({n},), got {b.shape}")
+    if n > UNROLLED_MAX_N:
+        w = jsl.solve_triangular(lu, b, lower=False, trans=1)
+        z = jsl.solve_triangular(lu, w, lower=True, unit_diagonal=True, trans=1)
+    else:
+        rows = jnp.arange(n)
+        z = b
+        for k in range(n):  # U^T is lower triangular: row k of U^T is column k of U
+            zk = z[k] / lu[k, k]
+            z = jnp.where(rows == k, zk, z - jnp.where(rows > k, lu[k, :], 0) * zk)
+        for k in reversed(range(1, n)):  # L^T is unit upper triangular
+            z = z - jnp.where(rows < k, lu[k, :], 0) * z[k]
+    return jnp.zeros_like(z).at[factors.perm].set(z)
+
+
+def factored_solve(
+    a: Float[Array, "n n"], factors: LUFactors, b: Float[Array, " n"]
+) -> Float[Array, " n"]:
+    """`x = A^{-1} b` by `factors` of `A` (`lu_factor`, of `A` or of a matrix close to it;
+    not differentiated), differentiated as the linear solve it is: reverse mode solves
+    `A^T lambda = x_bar` with the same factors and gives `A_bar = -lambda x^T`, `b_bar =
+    lambda` (`jax.lax.custom_linear_solve`), instead of going back through the elimination."""
+    factors = jax.lax.stop_gradient(factors)
+    return jax.lax.custom_linear_solve(
+        lambda v: a @ v,
+        b,
+        lambda _, r: lu_solve(factors, r),
+        transpose_solve=lambda _, r: lu_solve_transposed(factors, r),
+    )
+
+
 def determinant_is_positive(factors: LUFactors) -> Bool[Array, ""]:
     """`det(A) > 0`: the sign of `prod(diag(U))` times the parity of the row swaps."""
     diag = jnp.diag(factors.lu)

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .dense_lu import determinant_is_positive, lu_factor, lu_solve
+from .dense_lu import determinant_is_positive, factored_solve, lu_factor
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
 
@@ -347,11 +347,12 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         stable = jnp.array(True)
         if self.linear_solver == "lu":
             jac = jax.jacfwd(lambda y: fn(t0, y))(flat_y0)
-            factors = lu_factor(jnp.eye(jac.shape[0], dtype=dtype) - c * jac)
-            stable = determinant_is_positive(jax.lax.stop_gradient(factors))
+            matrix = jnp.eye(jac.shape[0], dtype=dtype) - c * jac
+            factors = lu_factor(jax.lax.stop_gradient(matrix))
+            stable = determinant_is_positive(factors)
 
-            def solve(rhs):
-                return lu_solve(factors, c * rhs), jnp.array(0, jnp.int32)
+            def solve(rhs):  # (differentiated as a linear solve, not through the LU)
+                return factored_solve(matrix, factors, c * rhs), jnp.array(0, jnp.int32)
 
         else:
 
