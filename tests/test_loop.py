@@ -31,6 +31,17 @@ def test_history_and_records():
     assert result.records == 3 and result.diverged_at is None and result.wall_time_s >= 0
 
 
+def test_stop_rule_and_time_budget():
+    # The loss halves each record: below 0.2 after the third; the stop rule sees it then.
+    result = train_loop(_geometric(np.array([0.5])), np.array([1.0]), 10, start_loss=1.0,
+                        stop=lambda history: history["loss"][-1][0] < 0.2)  # fmt: skip
+    assert result.records == 3 and result.history["loss"].shape == (3, 1)
+    # A budget spent before the first record: none is started.
+    result = train_loop(_geometric(np.array([0.5])), np.array([1.0]), 10, start_loss=1.0,
+                        max_seconds=0.0)  # fmt: skip
+    assert result.records == 0
+
+
 def test_divergence_raises_naming_the_unit():
     # 20^5 = 3.2e6 is the first loss above 1e6 x the start: record 5, of 2 epochs each.
     with pytest.raises(TrainingDiverged, match="diverged in epoch 10: loss 3.2e\\+06") as info:

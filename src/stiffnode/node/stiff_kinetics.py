@@ -181,9 +181,9 @@ def _rescale_to_norm(norm: float) -> optax.GradientTransformation:
 
 
 class KineticsFit(NamedTuple):
-    """The trained field, the loss before each epoch and the gradient's norm (`history`:
-    `loss`, `grad_norm`, each `(epochs,)`), the epochs run and the wall seconds they took
-    (compilation included)."""
+    """The trained field (the parameters of the lowest loss seen), the loss before each
+    epoch and the gradient's norm (`history`: `loss`, `grad_norm`, each `(epochs,)`), the
+    epochs run and the wall seconds they took (compilation included)."""
 
     field: ScaledField
     history: dict[str, np.ndarray]
@@ -205,11 +205,12 @@ def fit_kinetics(
     **solve_options,
 ) -> KineticsFit:
     """Full-batch training of `field` on `scaled_mae`, `epochs_per_record` epochs per
-    compiled `lax.scan`, until `epochs`, the loss `target` (checked after each record), or
-    `max_seconds`. `optimizer` defaults to `kim_optimizer()`; `checkpoint`: a file the run
-    is saved to and resumed from (`training.train_loop`); `solve_options` go to `predict`.
-    Raises `TrainingDiverged` naming the epoch whose loss is NaN/inf (a solve that failed)
-    or 1e6 times the first."""
+    compiled `lax.scan`, until `epochs`, the loss `target` (reached in a record: checked
+    after it), or `max_seconds`; returns the parameters of the lowest loss seen.
+    `optimizer` defaults to `kim_optimizer()`; `checkpoint`: a file the run is saved to and
+    resumed from (`training.train_loop`); `solve_options` go to `predict`. Raises
+    `TrainingDiverged` naming the epoch whose loss is NaN/inf (a solve that failed) or 1e6
+    times the first."""
     epochs = positive_int("epochs", epochs)
     per = min(positive_int("epochs_per_record", epochs_per_record), epochs)
     if epochs % per:
@@ -227,20 +228,26 @@ def fit_kinetics(
     @jax.jit
     def advance(state):
         def epoch(carry, _):
-            p, opt_state = carry
+            p, opt_state, best, best_loss = carry
             value, grads = jax.value_and_grad(loss)(p)
+            # The parameters of the lowest loss so far (AdamW's loss is not monotone).
+            better = value < best_loss
+            best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
+            best_loss = jnp.where(better, value, best_loss)
             updates, opt_state = optimizer.update(grads, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), (value, optax.tree.norm(grads))
+            p = optax.apply_updates(p, updates)
+            return (p, opt_state, best, best_loss), (value, optax.tree.norm(grads))
 
         state, (values, norms) = jax.lax.scan(epoch, state, None, per)
         return state, {"loss": values, "grad_norm": norms}
 
     def stop(history: dict[str, list]) -> bool:
-        return target is not None and float(np.ravel(history["loss"][-1])[-1]) <= target
+        return target is not None and float(np.min(history["loss"][-1])) <= target
 
+    inf = jnp.asarray(jnp.inf, jax.tree.leaves(params)[0].dtype)
     result = train_loop(
         advance,
-        (params, optimizer.init(params)),
+        (params, optimizer.init(params), params, inf),
         epochs // per,
         start_loss=None,
         every=per,
@@ -251,5 +258,5 @@ def fit_kinetics(
         stop=stop,
     )
     history = {k: np.ravel(v) for k, v in result.history.items()}
-    trained = eqx.combine(result.state[0], static)
+    trained = eqx.combine(result.state[2], static)
     return KineticsFit(trained, history, result.records * per, result.wall_time_s)
