@@ -104,9 +104,7 @@ def kinetics_data(
 class ScaledField(eqx.Module):
     """`dy/dt = known(t, y, args) + net(y) * scale / t_end`: a network's output per species
     scaled by the species' magnitude and the time window (Kim et al.); with `known`, a
-    universal ODE. `scale_inputs=True` feeds `y / scale` to the network (Kim et al. feed `y`);
-    `log_gain` (trained, start 0) multiplies output `i` by `exp(log_gain_i)`, so that a
-    species' rate can move by decades at the pace of an additive step."""
+    universal ODE. `scale_inputs=True` feeds `y / scale` to the network (Kim et al. feed `y`)."""
 
     net: Callable[[Float[Array, " d"]], Float[Array, " d"]]
     # Constants, not parameters: static, so that no optimizer (weight decay included) and
@@ -116,12 +114,10 @@ class ScaledField(eqx.Module):
     t_end: float = eqx.field(static=True)
     known: Callable[[Any, Float[Array, " d"], Any], Float[Array, " d"]] | None = None
     scale_inputs: bool = eqx.field(static=True, default=False)
-    log_gain: Float[Array, " d"] | None = None
 
     def __call__(self, t, y, args=None):
         scale = jnp.asarray(self.scale, jnp.result_type(y))
-        gain = scale if self.log_gain is None else scale * jnp.exp(self.log_gain)
-        out = self.net(y / scale if self.scale_inputs else y) * gain / self.t_end
+        out = self.net(y / scale if self.scale_inputs else y) * scale / self.t_end
         return out if self.known is None else out + self.known(t, y, args)
 
 
