@@ -309,3 +309,17 @@ def test_unknown_adjoint_and_controller():
         sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, stepsize_controller="fast")
     with pytest.raises(ValueError, match="max_steps"):
         sn.solve(linear, jnp.asarray(Y0), 0.0, 1.0, max_steps=0)
+
+
+def test_recursive_adjoint_checkpoints_every_step_when_they_fit():
+    """`adjoint="recursive"`: all `max_steps` checkpointed (equinox's fast path, no
+    recomputation) when they fit in `CHECKPOINT_BYTES`, else diffrax's default count."""
+    from stiffnode.solve import CHECKPOINT_BYTES, _adjoint
+
+    small = _adjoint("recursive", jnp.ones(3), 4096)
+    assert isinstance(small, diffrax.RecursiveCheckpointAdjoint) and small.checkpoints == 4096
+    assert _adjoint("recursive", jnp.ones(20), 4096).checkpoints is None  # 33 MB estimated
+    y0 = jnp.ones(3)
+    too_many = CHECKPOINT_BYTES // (y0.dtype.itemsize * (2 * 9 + 30 + 24)) + 1
+    assert _adjoint("recursive", y0, too_many - 1).checkpoints == too_many - 1
+    assert _adjoint("recursive", y0, too_many).checkpoints is None
