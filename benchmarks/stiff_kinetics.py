@@ -45,7 +45,7 @@ from stiffnode.problems import pollu, robertson  # noqa: E402
 
 OUT = Path(RESULTS)
 RTOL, ATOL = 1e-8, 1e-12
-MAX_STEPS = 4096  # (every step checkpointed: `stiffnode.solve.CHECKPOINT_BYTES`)
+MAX_STEPS = 4096  # (3 states: every step checkpointed, `stiffnode.solve.CHECKPOINT_BYTES`)
 OURS = ("bdf", "rodas5p", "auto", "kvaerno5")
 
 

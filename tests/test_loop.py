@@ -1,5 +1,7 @@
 """The one training loop (`stiffnode.training.loop`): history, divergence, checkpoints."""
 
+import time
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -36,6 +38,13 @@ def test_stop_rule_and_time_budget():
     result = train_loop(_geometric(np.array([0.5])), np.array([1.0]), 10, start_loss=1.0,
                         stop=lambda history: history["loss"][-1][0] < 0.2)  # fmt: skip
     assert result.records == 3 and result.history["loss"].shape == (3, 1)
+    # A budget that runs out mid-run: records of 50 ms, 0.1 s allowed, 10 asked.
+    def slow(state):
+        time.sleep(0.05)
+        return state, {"loss": state}
+
+    result = train_loop(slow, np.array([1.0]), 10, start_loss=1.0, max_seconds=0.1)
+    assert 1 <= result.records < 10
     # A budget spent before the first record: none is started.
     result = train_loop(_geometric(np.array([0.5])), np.array([1.0]), 10, start_loss=1.0,
                         max_seconds=0.0)  # fmt: skip

@@ -117,7 +117,7 @@ def test_infinite_step_is_newtons_minimiser(kind):
 @pytest.mark.x64
 def test_step_on_a_quadratic_follows_the_model():
     """On a quadratic the model is exact, `rho = 1`: every attempt is accepted and `h`
-    triples (Nielsen's rule); the step is `(I / h + A)^{-1} (-g)` and the flow time sums
+    triples (rho > 0.1: the growth rule); the step is `(I / h + A)^{-1} (-g)` and the flow time sums
     the steps taken."""
     A = np.diag([1.0, 10.0, 100.0])
     c = np.array([1.0, -2.0, 3.0])
@@ -136,6 +136,14 @@ def test_step_on_a_quadratic_follows_the_model():
         np.testing.assert_allclose(float(state.step), h, rtol=1e-10)
         np.testing.assert_allclose(float(state.flow.time), time, rtol=1e-12)
     assert int(state.flow.stats["num_rejected_steps"]) == 0
+    # At a minimiser (gradient exactly zero: every number below is a binary fraction) the
+    # update is zero and h is kept, no attempt refused.
+    p_star = jnp.array([0.5, -0.25, 0.125])
+    at_rest = flow.pseudo_transient(_quadratic(A, A @ np.asarray(p_star)), initial_step=0.01)
+    before = float(state.step)
+    updates, state = jax.jit(at_rest.update)(p_star, state, p_star)
+    np.testing.assert_array_equal(updates, 0.0)
+    assert float(state.step) == before and int(state.flow.stats["num_rejected_steps"]) == 0
 
 
 @pytest.mark.x64

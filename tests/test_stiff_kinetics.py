@@ -108,3 +108,7 @@ def test_fit_kinetics_cli(tmp_path, capsys):
     assert (tmp_path / "fit.png").stat().st_size > 0 and (tmp_path / "loss.png").exists()
     with pytest.raises(SystemExit):
         main(["fit-kinetics", "--problem", "nope", "--out", str(tmp_path)])
+    # The same directory with another solver: refused before any work.
+    with pytest.raises(SystemExit):
+        main(["fit-kinetics", "--solver", "kvaerno5", "--epochs", "20", "--out", str(tmp_path)])
+    assert "other settings" in capsys.readouterr().err

@@ -483,8 +483,9 @@ def solve(
             `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
             `jax.jvp`/`jax.jacfwd`; the cheaper way when states and parameters are few),
             or a `diffrax.AbstractAdjoint`. Reverse-mode adjoints cannot be
-            forward-differentiated: `jax.jacfwd` through them raises a `TypeError` that
-            says to use `adjoint="forward"`.
+            forward-differentiated: `jax.jacfwd` traced through `solve` with one raises a
+            `TypeError` that says to use `adjoint="forward"` (through a `jax.jit`-compiled
+            wrapper of `solve`, JAX's own message).
         jump_ts: times where the vector field is discontinuous in t (adaptive stepping):
             steps end just before each and restart just after, and no stage of a step looks
             past the next jump (`solvers.JumpAwareSolver`; forward-in-time solves).

@@ -74,7 +74,9 @@ def pseudo_transient(
 
     `C` is the Gauss-Newton matrix when `loss_fn` is built by `flow.least_squares` or
     `flow.classification` (positive semi-definite: every step decreases the model), else the
-    Hessian (conjugate gradients stop at negative curvature, Steihaug's rule). An attempt
+    Hessian (indefinite: the shift `1 / h` is floored at 1.1 times the most negative
+    eigenvalue of the Lanczos space's tridiagonal matrix, so the step's matrix stays
+    positive definite on it). An attempt
     whose loss decrease is below `accept_ratio` times the model's prediction is retried
     with `h` shrunk (at most `max_attempts` per update; the update is zero if none is
     accepted).
@@ -172,9 +174,11 @@ def pseudo_transient(
                 jnp.where(ok, d, 0.0),
             )
 
+        stationary = basis.norm_b == 0  # (no step to take; h and growth kept)
+
         def not_done(carry):
             tries, _, _, ok, *_ = carry
-            return (~ok) & (tries < max_attempts)
+            return (~ok) & (tries < max_attempts) & ~stationary
 
         start = (
             jnp.array(0, jnp.int32),
@@ -185,6 +189,8 @@ def pseudo_transient(
             jnp.zeros_like(theta),
         )
         tries, h, growth, ok, taken, d = jax.lax.while_loop(not_done, attempt, start)
+        h = jnp.where(stationary, h0, h)
+        growth = jnp.where(stationary, state.growth, growth)
         products = products0 + basis.num_iters
         window = _stats(tries, ok.astype(jnp.int32), products, basis.num_iters)
         flow = state.flow

@@ -15,6 +15,7 @@ Radau solve; `ScaledField` the model; `fit_kinetics` trains it with any optax op
 (resumable, progress bar, `TrainingDiverged` on a diverging run).
 """
 
+import os
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -197,7 +198,7 @@ def fit_kinetics(
     target: float | None = None,
     max_seconds: float | None = None,
     progress: bool = False,
-    checkpoint: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
     **solve_options,
 ) -> KineticsFit:
     """Full-batch training of `field` on `scaled_mae`, `epochs_per_record` epochs per

@@ -91,7 +91,9 @@ def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Arra
     lu = factors.lu
     n = lu.shape[0]
     if b.shape != (n,):
-        raise ValueError(f"lu_solve needs a right-hand side of shape ({n},), got {b.shape}")
+        raise ValueError(
+            f"lu_solve_transposed needs a right-hand side of shape ({n},), got {b.shape}"
+        )
     if n > UNROLLED_MAX_N:
         w = jsl.solve_triangular(lu, b, lower=False, trans=1)
         z = jsl.solve_triangular(lu, w, lower=True, unit_diagonal=True, trans=1)
@@ -109,10 +111,10 @@ def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Arra
 def factored_solve(
     a: Float[Array, "n n"], factors: LUFactors, b: Float[Array, " n"]
 ) -> Float[Array, " n"]:
-    """`x = A^{-1} b` by `factors` of `A` (`lu_factor`, of `A` or of a matrix close to it;
-    not differentiated), differentiated as the linear solve it is: reverse mode solves
-    `A^T lambda = x_bar` with the same factors and gives `A_bar = -lambda x^T`, `b_bar =
-    lambda` (`jax.lax.custom_linear_solve`), instead of going back through the elimination."""
+    """`x = A^{-1} b` by `factors = lu_factor(A)` (not differentiated), differentiated as the
+    linear solve it is: reverse mode solves `A^T lambda = x_bar` with the same factors and
+    gives `A_bar = -lambda x^T`, `b_bar = lambda` (`jax.lax.custom_linear_solve`), instead of
+    going back through the elimination."""
     factors = jax.lax.stop_gradient(factors)
     return jax.lax.custom_linear_solve(
         lambda v: a @ v,

@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
+from .. import checkpoints
 from .._validation import positive_int, positive_number
 from ..data.datasets import alpine02_dataset, digits_dataset
 from ..flow import AbstractOutputLoss, LeastSquares, classification, gradient_flow, least_squares
@@ -493,9 +494,7 @@ def run_race(
 
 
 def _write_json(path: Path, record):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    checkpoints.write_text(path, json.dumps(record, indent=1))
 
 
 def summarize(record) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Kim et al.'s stiff neural ODE experiments (Robertson, POLLU) as a resumable run:
 `stiffnode fit-kinetics --problem robertson|pollu --out DIR`.
 
-Writes to `out`: `checkpoint.npz` (the training state, every 30 s: a rerun resumes),
+Writes to `out`: `settings.json`, `checkpoint.npz` (the training state, every minute: a
+rerun with the same settings resumes; other settings are refused),
 `summary.json` (settings, epochs, seconds, the lowest loss's field and its per-species
 scaled error, the first epoch at the target),
 `fit.png` (data and the fitted trajectories, log time axis for Robertson) and `loss.png`
@@ -9,6 +10,7 @@ scaled error, the first epoch at the target),
 """
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from .. import checkpoints
 from ..node import stiff_kinetics as sk
 
 TARGETS = {"robertson": 5e-3, "pollu": 3e-3}
@@ -44,6 +47,13 @@ def run_fit(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = TARGETS[problem] if target is None else target
+    settings = {"problem": problem, "solver": solver, "learning_rate": learning_rate,
+                "seed": seed}  # fmt: skip
+    earlier = checkpoints.read_json_or_set_aside(out / "settings.json", None)
+    if earlier is not None and earlier != settings and (out / "checkpoint.npz").exists():
+        raise ValueError(f"{out} holds a run with other settings ({earlier}); use another "
+                         "directory or remove it")  # fmt: skip
+    checkpoints.write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
     setting = sk.EXPERIMENTS[problem]
     data = sk.kinetics_data(problem)
     field = sk.kinetics_model(data, key=jax.random.PRNGKey(seed), width=setting["width"],
@@ -53,7 +63,7 @@ def run_fit(
         data,
         epochs=epochs,
         optimizer=sk.kim_optimizer(learning_rate, setting["grad_norm"]),
-        epochs_per_record=min(epochs_per_record, epochs),
+        epochs_per_record=math.gcd(epochs, epochs_per_record),
         target=target,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes,
         progress=progress,
@@ -81,16 +91,10 @@ def run_fit(
         "per_species_scaled_mae": per_species.tolist(),
         "backend": jax.default_backend(),
     }
-    _write_json(out / "summary.json", summary)
+    checkpoints.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_fit(data, prediction, out / "fit.png", log_time=setting["log_times"])
     plot_loss(fit.history, target, out / "loss.png")
     return summary
-
-
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def plot_fit(data: sk.KineticsData, prediction: np.ndarray, path: Path, log_time: bool):

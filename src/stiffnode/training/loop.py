@@ -100,8 +100,9 @@ def train_loop(
             record (otherwise all restart). Every process must then run the loop.
         stop: `stop(history)` (name -> the records' metrics so far, on host) before each
             record: True ends the loop (e.g. a target loss reached).
-        max_seconds: no record is started once `advance` has run this long in all (a
-            resumed run's earlier time included).
+        max_seconds: no record is started once the loop has run this long in all
+            (`advance`, callbacks and checkpoint writes; a resumed run's earlier time
+            included).
     """
     history: dict[str, list] = {}
     done, wall_before = 0, 0.0
@@ -184,8 +185,8 @@ def _check(losses: list, start, every: int, members: bool, unit: str) -> np.ndar
 
 
 def _stack(history: dict[str, list], members: bool, num_records: int) -> dict[str, np.ndarray]:
-    """Records stacked (members: along the last axis, NaN for the records not trained
-    after every member diverged)."""
+    """Records stacked (members: along the last axis, NaN for the records not trained: every
+    member diverged, the stop rule held, or the time budget ran out)."""
     if not members:
         return {k: np.stack(v) if v else np.zeros(0) for k, v in history.items()}
     out = {}
