@@ -10,7 +10,8 @@ The packages follow the pipeline, each importing only those before it:
 - `flow`: training as an ODE, the gradient flow solved by any solver;
 - `node`: continuous normalising flows, regularised solves, time series, examples;
 - `data`: datasets, toy densities, the POLLU ensemble;
-- `studies`: the seed's ResNet study, the gradient-flow study, the demo;
+- `studies`: the seed's ResNet study, the gradient-flow study, the optimizer race, Kim et
+  al.'s stiff neural ODEs, the demo;
 - `cli`: the `stiffnode` command; `checkpoints`: the files every resumable run writes.
 
 The modules that lived at the top level (`stiffnode.train`, `stiffnode.cnf`, ...) stay
