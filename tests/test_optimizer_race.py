@@ -54,3 +54,13 @@ def test_bad_input(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="least-squares"):
         optimizer_race.stepper(digits, "levenberg_marquardt")
+
+
+def test_race_flags_are_not_mixed_with_the_flow_studys(tmp_path, capsys):
+    from stiffnode.cli import main
+
+    for argv in (["--race", "sinc", "--task", "digits"], ["--race", "sinc", "--seed", "1"],
+                 ["--seeds", "2"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["flow", "--out", str(tmp_path), *argv])
+        assert "--" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def _add_flow_parser(commands):
         "against stiffnode's BDF on the same flow. Writes DIR/summary.json, history.json, "
         "table.md and PNGs; resumes a stopped run in the same DIR.",
     )
-    flow.add_argument("--task", choices=("digits", "alpine02"), default="digits",
+    flow.add_argument("--task", choices=("digits", "alpine02"), default=None,
                       help="digits (MLP classifier, sklearn's bundled digits) or alpine02 "
                       "(the seed's ResNet regression); default digits")
     flow.add_argument("--out", type=_output_dir, required=True, metavar="DIR",
@@ -153,14 +153,14 @@ def _add_flow_parser(commands):
                       metavar="LR",
                       help="learning rates tried for SGD, momentum and Adam "
                       "(default 1e-3 3e-3 ... 3)")
-    flow.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    flow.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     flow.add_argument("--race", nargs="*", default=None, metavar="TASK",
                       choices=tuple(optimizer_race.TASKS),
                       help="instead: the default flow against Adam, L-BFGS, "
                       "Levenberg-Marquardt and Adam-then-L-BFGS to Adam's loss, on the given "
                       f"tasks (default all: {' '.join(optimizer_race.TASKS)}); writes "
                       "DIR/race.json, table.md, race_TASK.png")
-    flow.add_argument("--seeds", type=_positive_int, default=5, metavar="N",
+    flow.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
                       help="with --race: seeds 0..N-1 (default 5)")
     flow.add_argument("--quiet", action="store_true", help="no progress bars")
     flow.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
@@ -316,14 +316,20 @@ def _run(args: argparse.Namespace) -> int:
         from .studies.optimizer_race import TASKS as RACE_TASKS
         from .studies.optimizer_race import run_race
 
+        if args.task is not None or args.seed is not None:
+            raise ValueError("--race takes its tasks as its own arguments and --seeds N; "
+                             "--task and --seed are the flow study's")  # fmt: skip
         jax.config.update("jax_enable_x64", True)
-        run_race(args.out, tasks=tuple(args.race or RACE_TASKS), seeds=range(args.seeds),
-                 progress=not args.quiet)
+        run_race(args.out, tasks=tuple(args.race or RACE_TASKS),
+                 seeds=range(5 if args.seeds is None else args.seeds), progress=not args.quiet)
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"wrote {Path(args.out) / 'race.json'}")
     elif args.command == "flow":
         from . import distributed
         from .studies.flow_training import run_study as run_flow_study
+
+        if args.seeds is not None:
+            raise ValueError("--seeds is for --race; the flow study takes one --seed")
 
         if args.cpu_devices is not None:
             _request_cpu_devices(args.cpu_devices)
@@ -331,10 +337,11 @@ def _run(args: argparse.Namespace) -> int:
             distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         main_process = distributed.is_main()
         with distributed.naming_lost_processes():
-            run_flow_study(args.task, args.out, updates=args.updates, budget=args.budget,
+            run_flow_study(args.task or "digits", args.out, updates=args.updates,
+                           budget=args.budget,
                            seed_time=args.seed_time, seed_budget=args.seed_budget,
                            methods=args.methods, learning_rates=args.learning_rates,
-                           seed=args.seed, progress=not args.quiet and main_process,
+                           seed=args.seed or 0, progress=not args.quiet and main_process,
                            devices=jax.devices())
         if main_process:
             print((Path(args.out) / "table.md").read_text(), end="")
