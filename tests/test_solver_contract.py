@@ -375,6 +375,23 @@ def test_forward_mode_through_a_wrapped_runge_kutta_solver(wrapping):
     assert abs(float(derivative) + np.exp(-0.7)) < BOUND * RTOL * np.exp(-0.7)
 
 
+@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23", "bdf"])
+def test_vmapped_gradient_at_batch_64(name):
+    """d y(1) / dk of y' = -k y for 64 rates at once (`vmap` of `grad`), against -e^-k: the
+    members that finish first keep taking masked steps of h = 0, whose cotangents must stay
+    finite (a 1 / h there made 35-62 of 64 Rosenbrock gradients NaN)."""
+
+    def end(k):
+        sol = sn.solve(lambda t, y, k: -k * y, jnp.ones(1), 0.0, 1.0, args=k, solver=name,
+                       rtol=RTOL, atol=ATOL)  # fmt: skip
+        return sol.ys[-1, 0]
+
+    ks = jnp.linspace(0.5, 1.5, 64)
+    got = np.asarray(jax.vmap(jax.grad(end))(ks))
+    exact = -np.exp(-np.asarray(ks))
+    assert np.all(np.abs(got - exact) < BOUND * RTOL * np.abs(exact))
+
+
 def test_forward_mode_by_name_and_a_clear_error_without_it():
     """`jax.jacfwd` through `stiffnode.solve(adjoint="forward")` gives d y(1) / dk of
     y' = -k y, -e^-k; through the default reverse-mode adjoint it is a `TypeError` that says

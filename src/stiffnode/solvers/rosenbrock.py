@@ -411,7 +411,9 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         # (c_ij / h as c_ij * (1 / h): one division, the products fused into the stages; a
         # division per coefficient is a kernel and a constant buffer of its own each, 28 for
         # Rodas5P, which XLA:CPU sets up on every call of the program, step or not)
-        inv_h = 1 / h
+        # (h = 0 in the masked steps of vmapped members that are done: 1 / 0 there would
+        # make their cotangents NaN through the mask's `where`)
+        inv_h = 1 / jnp.where(h == 0, 1, h)
         for i in range(len(tab.m)):
             if i > 0 and tab.new_f[i]:
                 y_i = flat_y0 + sum(float(tab.a[i, j]) * ks[j] for j in range(i) if tab.a[i, j])
@@ -538,7 +540,7 @@ class Rosenbrock23(AbstractRosenbrock):
 
         def w_inv(r):
             x, used = solve(r)
-            return x / c, used
+            return x / jnp.where(c == 0, 1, c), used  # (c = 0: as inv_h above)
 
         hdt = c * f_t
         k1, u1 = w_inv(f0 + hdt)
