@@ -165,16 +165,7 @@ def kim_optimizer(
     adamw = optax.adamw(learning_rate, b1=0.9, b2=0.999, weight_decay=1e-6)
     if grad_norm is None:
         return adamw
-    return optax.chain(_rescale_to_norm(grad_norm), adamw)
-
-
-def _rescale_to_norm(norm: float) -> optax.GradientTransformation:
-    def update(updates, state, params=None):
-        size = optax.tree.norm(updates)
-        factor = norm / jnp.where(size > 0, size, 1.0)
-        return jax.tree.map(lambda u: u * factor, updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.chain(optax.normalize_by_update_norm(scale_factor=grad_norm), adamw)
 
 
 class KineticsFit(NamedTuple):
