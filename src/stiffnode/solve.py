@@ -1,5 +1,6 @@
 """One entry point over `diffrax.diffeqsolve`: solvers by name or object, and statistics."""
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from .solvers import (
     AbstractSelfControlledSolver,
     AutoSwitch,
     CountingController,
+    InterpolatingAdjoint,
     JumpAwareSolver,
     NonFiniteMonitor,
     ReportingNorm,
@@ -85,6 +87,7 @@ _ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "backsolve": diffrax.BacksolveAdjoint,
     "direct": diffrax.DirectAdjoint,
     "forward": diffrax.ForwardMode,
+    "interpolating": InterpolatingAdjoint,
 }
 
 
@@ -408,11 +411,20 @@ def _recursive_checkpoints(y0, max_steps: int) -> int | None:
     return max_steps if every_step else None
 
 
-def _adjoint(adjoint, y0, max_steps: int):
+def _adjoint(adjoint, y0, max_steps: int, rtol, atol):
+    if isinstance(adjoint, InterpolatingAdjoint) and None in (adjoint.rtol, adjoint.atol):
+        # The adjoint ODE at the forward solve's tolerances, unless given.
+        return dataclasses.replace(
+            adjoint,
+            rtol=rtol if adjoint.rtol is None else adjoint.rtol,
+            atol=atol if adjoint.atol is None else adjoint.atol,
+        )
     if isinstance(adjoint, diffrax.AbstractAdjoint):
         return adjoint
     if adjoint == "recursive":
         return diffrax.RecursiveCheckpointAdjoint(_recursive_checkpoints(y0, max_steps))
+    if adjoint == "interpolating":
+        return InterpolatingAdjoint(rtol=rtol, atol=atol)
     try:
         return _ADJOINTS[adjoint]()
     except (KeyError, TypeError):
@@ -438,7 +450,7 @@ def solve(
     stepsize_controller: Literal["pid", "constant", "solver"]
     | diffrax.AbstractStepSizeController
     | None = None,
-    adjoint: Literal["recursive", "backsolve", "direct", "forward"]
+    adjoint: Literal["recursive", "interpolating", "backsolve", "direct", "forward"]
     | diffrax.AbstractAdjoint = "recursive",
     jump_ts: Sequence[float] | Array | None = None,
     throw: bool = True,
@@ -522,7 +534,7 @@ def solve(
         jump_ts,
         max_steps,
     )
-    adjoint = _adjoint(adjoint, y0, max_steps)
+    adjoint = _adjoint(adjoint, y0, max_steps, rtol, atol)
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
@@ -533,7 +545,11 @@ def solve(
             adjoint = diffrax.BacksolveAdjoint(**adjoint.kwargs, stepsize_controller=backward)
     fixed_steps = isinstance(controller, diffrax.ConstantStepSize | diffrax.StepTo)
     saveat = _saveat(saveat)
-    solver = for_solve(solver, adjoint=adjoint, fixed_steps=fixed_steps, dense=saveat.dense)
+    # The interpolating adjoint replays the steps with dense output: the same steps here.
+    replayed = isinstance(adjoint, InterpolatingAdjoint)
+    solver = for_solve(
+        solver, adjoint=adjoint, fixed_steps=fixed_steps, dense=saveat.dense or replayed
+    )
     solver = _with_tolerances(solver, controller, rtol, atol)
     stepping_solver = solver
     if jump_ts is not None and _forward_in_time(*given_times[:2]):
@@ -584,7 +600,7 @@ def solve(
             raise
         raise TypeError(
             f"stiffnode.solve: forward-mode autodiff (jax.jvp, jax.jacfwd) through the "
-            f"reverse-mode adjoint {type(adjoint).__name__}; pass adjoint=\"forward\""
+            f'reverse-mode adjoint {type(adjoint).__name__}; pass adjoint="forward"'
         ) from error
     if throw:
         sol = _raise_if_nonfinite(sol, monitored, t0, t1)

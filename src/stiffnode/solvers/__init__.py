@@ -12,6 +12,7 @@ from .controllers import (
     solver_stats_of,
 )
 from .initial_step import initial_step_size
+from .interpolating_adjoint import InterpolatingAdjoint
 from .jump_aware import JumpAwareSolver
 from .rosenbrock import (
     RODAS3,
@@ -59,6 +60,7 @@ __all__ = [
     "BDFStats",
     "ControllerTolerances",
     "CountingController",
+    "InterpolatingAdjoint",
     "JumpAwareSolver",
     "NonFiniteMonitor",
     "ReportingNorm",
