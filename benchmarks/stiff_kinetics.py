@@ -151,7 +151,8 @@ def gradient_costs() -> dict:
                 ("network", network_problem))  # fmt: skip
     for name, build in problems:
         p, ours, anchor, reference = build()
-        cases = [(s, a) for s in OURS for a in ("recursive", "forward")] + [("anchor", None)]
+        adjoints = ("recursive", "interpolating", "forward")
+        cases = [(s, a) for s in OURS for a in adjoints] + [("anchor", None)]
         for solver, adjoint in cases:
             if solver == "anchor":
                 loss, label = anchor, "diffrax Kvaerno5 + RecursiveCheckpointAdjoint"
@@ -181,6 +182,35 @@ def gradient_costs() -> dict:
     return rows
 
 
+def adjoint_memory() -> dict:
+    """Peak memory of one POLLU gradient (25 log rates, 20 states) as XLA plans it
+    (`compiled.memory_analysis()`: temporaries + arguments + outputs) against `max_steps`,
+    the step budget that sizes every buffer: `recursive` (every step checkpointed while
+    they fit in `solve.CHECKPOINT_BYTES`, then diffrax's ~sqrt(2 max_steps)) against
+    `interpolating` (a checkpoint every 64 accepted steps plus one interval's dense
+    output)."""
+    p, ours, _, _ = pollu_rates()
+    rows = {}
+    for max_steps in (100, 1_000, 10_000, 100_000):
+        for adjoint in ("recursive", "interpolating"):
+
+            def loss(q, m=max_steps, a=adjoint):
+                problem = pollu()
+                field = lambda t, y, lk: problem.vector_field(t, y, jnp.exp(lk))  # noqa: E731
+                sol = sn.solve(field, jnp.asarray(problem.y0), 0.0, 60.0, solver="bdf",
+                               args=q, rtol=RTOL, atol=ATOL, saveat=jnp.linspace(3.0, 60.0, 20),
+                               adjoint=a, max_steps=m)  # fmt: skip
+                return jnp.sum(sol.ys**2)
+
+            compiled = jax.jit(jax.grad(loss)).lower(p).compile()
+            m = compiled.memory_analysis()
+            total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+            rows[f"{adjoint}/{max_steps}"] = {"adjoint": adjoint, "max_steps": max_steps,
+                                             "bytes": int(total)}  # fmt: skip
+            print(json.dumps(rows[f"{adjoint}/{max_steps}"]), flush=True)
+    return rows
+
+
 def training(epochs: int) -> dict:
     data = sk.kinetics_data("robertson")
     field = sk.kinetics_model(data, key=jax.random.PRNGKey(0), width=5, depth=6)
@@ -204,6 +234,7 @@ def main():
     record = {
         "rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS,
         "gradients": gradient_costs(),
+        "adjoint_memory": adjoint_memory(),
         "training": training(args.epochs),
         "environment": environment(),
     }  # fmt: skip

@@ -61,13 +61,15 @@ class InterpolatingAdjoint(diffrax.AbstractAdjoint):
     rtol: float | None = None
     atol: float | None = None
     solver: diffrax.AbstractSolver = Rodas5P()
-    checkpoint_every: int | None = eqx.field(default=None, static=True)
+    checkpoint_every: int = eqx.field(default=64, static=True)
     interval_steps: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         for name in ("checkpoint_every", "interval_steps"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
                 raise ValueError(f"InterpolatingAdjoint: {name} must be a positive int")
         if isinstance(self.solver, BDF | AutoSwitch) or not callable(
             getattr(self.solver, "error_order", None)
@@ -77,12 +79,6 @@ class InterpolatingAdjoint(diffrax.AbstractAdjoint):
                 "steps' ends, so it must be a one-step method with an error estimate "
                 f"(Rodas5P, Rosenbrock23, Kvaerno5, ...), not {type(self.solver).__name__}"
             )
-
-    def every(self, max_steps: int) -> int:
-        """Accepted steps between checkpoints: `checkpoint_every`, else `~sqrt(max_steps)`."""
-        if self.checkpoint_every is not None:
-            return self.checkpoint_every
-        return max(16, math.isqrt(max_steps))
 
     def loop(
         self,
@@ -109,7 +105,6 @@ class InterpolatingAdjoint(diffrax.AbstractAdjoint):
                 "stiffnode.InterpolatingAdjoint needs the adjoint solve's rtol and atol "
                 "(stiffnode.solve passes its own)"
             )
-        every = self.every(max_steps)
         y = init_state.y
         init_state = eqx.tree_at(lambda s: s.y, init_state, object())
         init_state = _nondiff_solver_controller_state(
@@ -118,7 +113,6 @@ class InterpolatingAdjoint(diffrax.AbstractAdjoint):
         final_state, aux_stats = _loop_interpolating(
             (y, args, terms),
             self=self,
-            every=every,
             solver=solver,
             stepsize_controller=stepsize_controller,
             saveat=saveat,
@@ -162,13 +156,14 @@ def _field(terms, t, y, args):
     return jtu.tree_map(lambda v: direction.astype(v.dtype) * v, terms.vf(t, y, args))
 
 
-def _run_loop(self, y__args__terms, *, every, init_state, saveat, max_steps, **kwargs):
-    """The forward solve, with a second `SubSaveAt` storing the state every `every`
-    accepted steps: the checkpoints. Returns the final state (with the caller's `saveat`
-    only) and the checkpoints' `SaveState`."""
+def _run_loop(self, y__args__terms, *, init_state, saveat, max_steps, **kwargs):
+    """The forward solve, with a second `SubSaveAt` storing the state every
+    `self.checkpoint_every` accepted steps: the checkpoints. Returns the final state (with
+    the caller's `saveat` only) and the checkpoints' `SaveState`."""
     y, args, terms = y__args__terms
     init_state = eqx.tree_at(lambda s: s.y, init_state, y)
-    slots = max_steps // every
+    every = self.checkpoint_every
+    slots = max(1, max_steps // every)
     checkpoints = SaveState(
         saveat_ts_index=0,
         ts=jnp.full(slots, jnp.inf, dtype=jnp.result_type(init_state.tprev)),
@@ -201,19 +196,17 @@ def _run_loop(self, y__args__terms, *, every, init_state, saveat, max_steps, **k
 
 
 @eqx.filter_custom_vjp
-def _loop_interpolating(y__args__terms, *, self, every, throw, init_state, **kwargs):
+def _loop_interpolating(y__args__terms, *, self, throw, init_state, **kwargs):
     del throw
-    final_state, aux_stats, _ = _run_loop(
-        self, y__args__terms, every=every, init_state=init_state, **kwargs
-    )
+    final_state, aux_stats, _ = _run_loop(self, y__args__terms, init_state=init_state, **kwargs)
     return final_state, aux_stats
 
 
 @_loop_interpolating.def_fwd
-def _loop_interpolating_fwd(perturbed, y__args__terms, *, self, every, throw, init_state, **kwargs):
+def _loop_interpolating_fwd(perturbed, y__args__terms, *, self, throw, init_state, **kwargs):
     del perturbed, throw
     final_state, aux_stats, checkpoints = _run_loop(
-        self, y__args__terms, every=every, init_state=init_state, **kwargs
+        self, y__args__terms, init_state=init_state, **kwargs
     )
     save_state = final_state.save_state
     residuals = (save_state.ts, save_state.ys, checkpoints.ts, checkpoints.ys)
@@ -226,30 +219,6 @@ def _materialise(y, grad_y):
 
 def _at(tree, j):
     return jtu.tree_map(lambda x: x[j], tree)
-
-
-def _breakpoints(t0, y0, ts, ys, grad_ys, checkpoint_ts, checkpoint_ys):
-    """t0, the save times and the checkpoints up to the last save (after it the cotangent
-    is zero), in time order, each with its state and the loss's cotangent there; and how
-    many there are (the rest, at the end, are padding)."""
-
-    def stack(first, *rest):
-        return jnp.concatenate([first[None], *rest])
-
-    t_end = jnp.max(jnp.where(jnp.isfinite(ts), ts, t0))
-    times = jnp.concatenate([jnp.reshape(t0, (1,)).astype(ts.dtype), ts, checkpoint_ts])
-    states = jtu.tree_map(stack, y0, ys, checkpoint_ys)
-    cotangents = jtu.tree_map(
-        lambda x, g, c: stack(jnp.zeros_like(x), g, jnp.zeros_like(c)), y0, grad_ys, checkpoint_ys
-    )
-    valid = jnp.isfinite(times) & (times <= t_end)
-    order = jnp.argsort(jnp.where(valid, times, jnp.inf), stable=True)
-    return (
-        times[order],
-        _at(states, order),
-        _at(cotangents, order),
-        jnp.sum(valid),
-    )
 
 
 def _error_ratio(error, a0, a1, rtol, atol):
@@ -269,7 +238,6 @@ def _loop_interpolating_bwd(
     y__args__terms,
     *,
     self,
-    every,
     solver,
     stepsize_controller,
     saveat,
@@ -291,17 +259,17 @@ def _loop_interpolating_bwd(
         args_, terms_ = eqx.combine(theta, static)
         return _field(terms_, t, y, args_)
 
-    times, states, cotangents, count = _breakpoints(
-        t0, y0, ts, ys, grad_ys, checkpoint_ts, checkpoint_ys
-    )
-
     replay_solver = for_solve(
         solver, adjoint=diffrax.RecursiveCheckpointAdjoint(), fixed_steps=False, dense=True
     )
     adjoint_solver = self.solver
-    interval_steps = self.interval_steps or 4 * every + 16
-    nodes = jnp.asarray(_GAUSS_NODES, dtype=times.dtype)
-    weights = jnp.asarray(_GAUSS_WEIGHTS, dtype=times.dtype)
+    interval_steps = self.interval_steps or 4 * self.checkpoint_every + 16
+    # The adjoint resolves transients the forward solve did not have (after each jump at a
+    # save time; where the interpolated state's derivative kinks at a replayed step's end):
+    # up to ~12 attempts a replayed step on Robertson at rtol 1e-8 (BDF's interpolation).
+    attempts = 16 * interval_steps
+    nodes = jnp.asarray(_GAUSS_NODES, dtype=ts.dtype)
+    weights = jnp.asarray(_GAUSS_WEIGHTS, dtype=ts.dtype)
 
     def interval(a, theta_bar, ta, tb, ya):
         """Across `[ta, tb]`: the replayed forward solve, then the adjoint solved backward
@@ -320,18 +288,27 @@ def _loop_interpolating_bwd(
             max_steps=interval_steps,
             throw=False,
         )
-        grid = forward.interpolation.ts  # the replay's step ends; `ts_size` of them valid
-        last = forward.interpolation.ts_size - 1
+        dense = forward.interpolation
+        grid = dense.ts  # the replay's step ends; `ts_size` of them valid
+        last = dense.ts_size - 1
 
-        def y_at(t):
-            # Clipped: diffrax's dense output is NaN before its first time.
-            return forward.evaluate(jnp.clip(t, ta, tb))
+        def replayed_step(k):
+            """`y(t)` on the replay's `k`-th step from the end: its own interpolation (no
+            search over the steps), clipped to the step."""
+            i = last - k - 1
+            local = dense.interpolation_cls(
+                t0=grid[i], t1=grid[i + 1], **jtu.tree_map(lambda x: x[i], dense.infos)
+            )
+            return lambda t: local.evaluate(jnp.clip(t, grid[i], grid[i + 1]))
 
-        def adjoint_field(s, a_, _):
-            _, vjp = jax.vjp(lambda y_: field(params, -s, y_), y_at(-s))
-            return vjp(a_)[0]
+        def adjoint_term(y_at):
+            def adjoint_field(s, a_, _):
+                _, vjp = jax.vjp(lambda y_: field(params, -s, y_), y_at(-s))
+                return vjp(a_)[0]
 
-        def quadrature(s0, s1, local, theta_bar_):
+            return diffrax.ODETerm(adjoint_field)
+
+        def quadrature(s0, s1, a_at, y_at, theta_bar_):
             """`theta_bar_ + int_{s0}^{s1} a^T df/dtheta ds` (`dt = -ds`, the same integral
             over `[-s1, -s0]`) by three-point Gauss-Legendre."""
             s = s0 + (s1 - s0) * nodes
@@ -340,12 +317,12 @@ def _loop_interpolating_bwd(
             scale = (s1 - s0) * weights
             a_s = jtu.tree_map(
                 lambda x: x * scale.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)),
-                jax.vmap(local.evaluate)(s),
+                jax.vmap(a_at)(s),
             )
             return jtu.tree_map(jnp.add, theta_bar_, vjp(a_s)[0])
 
-        term = diffrax.ODETerm(adjoint_field)
-        error_order = adjoint_solver.error_order(term)
+        first = adjoint_term(replayed_step(0))
+        error_order = adjoint_solver.error_order(first)
         # The adjoint's steps never cross a replayed step's end, where the interpolated
         # state's derivative jumps (a kink the error estimate would pay for in rejections).
         h_first = grid[last] - grid[last - 1]
@@ -356,21 +333,31 @@ def _loop_interpolating_bwd(
             h_first,
             a,
             theta_bar,
-            adjoint_solver.init(term, -tb, -tb + h_first, a, None),
+            adjoint_solver.init(first, -tb, -tb + h_first, a, None),
             forward.result != diffrax.RESULTS.successful,
         )
 
         def running(carry):
             k, count, *_, failed_ = carry
-            return (k < last) & (count < max_steps) & ~failed_
+            return (k < last) & (count < attempts) & ~failed_
 
         def attempt(carry):
             k, count, s, h, a_, theta_bar_, state_, failed_ = carry
             end = -grid[last - k - 1]
             to_end = end - s <= 1.25 * h
             s1 = jnp.where(to_end, end, s + h)
+            y_at = replayed_step(k)
             a1, error, dense_info, state1, result = adjoint_solver.step(
-                term, s, s1, a_, None, state_, made_jump=False
+                # At a replayed step's start `f` is evaluated afresh with that step's
+                # interpolation: the previous step's end value is not the same (BDF's
+                # interpolating polynomials differ between steps).
+                adjoint_term(y_at),
+                s,
+                s1,
+                a_,
+                None,
+                state_,
+                made_jump=s == -grid[last - k],
             )
             norm = _error_ratio(error, a_, a1, self.rtol, self.atol)
             usable = (result == diffrax.RESULTS.successful) & jnp.isfinite(norm)
@@ -379,9 +366,9 @@ def _loop_interpolating_bwd(
             # step even where that step was stretched by up to 1.25 to end at `end`.
             factor = jnp.where(usable, jnp.clip(0.9 * norm ** (-1 / error_order), 0.2, 5.0), 0.2)
             factor = jnp.where(accept, factor, jnp.minimum(factor, 0.7))
-            local = adjoint_solver.interpolation_cls(t0=s, t1=s1, **dense_info)
+            a_at = adjoint_solver.interpolation_cls(t0=s, t1=s1, **dense_info).evaluate
             theta_bar_ = jax.lax.cond(
-                accept, lambda: quadrature(s, s1, local, theta_bar_), lambda: theta_bar_
+                accept, lambda: quadrature(s, s1, a_at, y_at, theta_bar_), lambda: theta_bar_
             )
 
             def keep(new, old):
@@ -407,31 +394,61 @@ def _loop_interpolating_bwd(
         k, count, _, _, a, theta_bar, _, failed = jax.lax.while_loop(running, attempt, init)
         return a, theta_bar, failed | (k < last)
 
+    # Backward over the intervals between t0, the save times and the checkpoints (both
+    # ascending, merged as we go, without copies): at a save time `a` jumps by the loss's
+    # cotangent there; checkpoints up to the last save only (after it the cotangent is 0).
+    saved = jnp.sum(jnp.isfinite(ts))
+    t_end = jnp.where(saved > 0, ts[jnp.maximum(saved - 1, 0)], t0)
+    minus_inf = jnp.array(-jnp.inf, ts.dtype)
+
     def body(carry):
-        j, a, theta_bar, failed = carry
-        a = jtu.tree_map(jnp.add, a, _at(cotangents, j))
-        ta, tb = times[j - 1], times[j]
+        i, c, t_right, a, theta_bar, failed, _ = carry
+        t_save = jnp.where(i > 0, ts[jnp.maximum(i - 1, 0)], minus_inf)
+        t_check = jnp.where(c > 0, checkpoint_ts[jnp.maximum(c - 1, 0)], minus_inf)
+        from_save = (i > 0) & (t_save >= t_check)
+        from_check = ~from_save & (c > 0)
+        t_left = jnp.where(from_save, t_save, jnp.where(from_check, t_check, t0))
+        y_left = jtu.tree_map(
+            lambda saved_, checked, first: jnp.where(
+                from_save, saved_, jnp.where(from_check, checked, first)
+            ),
+            _at(ys, jnp.maximum(i - 1, 0)),
+            _at(checkpoint_ys, jnp.maximum(c - 1, 0)),
+            y0,
+        )
         a, theta_bar, failed_here = jax.lax.cond(
-            tb > ta,
-            lambda: interval(a, theta_bar, ta, tb, _at(states, j - 1)),
+            t_right > t_left,
+            lambda: interval(a, theta_bar, t_left, t_right, y_left),
             lambda: (a, theta_bar, jnp.array(False)),
         )
-        return j - 1, a, theta_bar, failed | failed_here
+        jump = _at(grad_ys, jnp.maximum(i - 1, 0))
+        a = jtu.tree_map(lambda x, g: x + jnp.where(from_save, g, 0), a, jump)
+        i = i - from_save.astype(i.dtype)
+        c = c - from_check.astype(c.dtype)
+        done = ~from_save & ~from_check
+        return i, c, t_left, a, theta_bar, failed | failed_here, done
 
-    zeros = ft.partial(jtu.tree_map, jnp.zeros_like)
-    _, a, theta_bar, failed = jax.lax.while_loop(
-        lambda carry: carry[0] > 0,
-        body,
-        (count - 1, zeros(y0), zeros(params), jnp.array(False)),
+    last = jnp.maximum(saved - 1, 0)
+    a = jtu.tree_map(lambda g: jnp.where(saved > 0, g, 0), _at(grad_ys, last))
+    checks = jnp.sum(jnp.isfinite(checkpoint_ts) & (checkpoint_ts <= t_end))
+    init = (
+        last,
+        checks,
+        t_end,
+        a,
+        jtu.tree_map(jnp.zeros_like, params),
+        jnp.array(False),
+        jnp.array(False),
     )
-    a = jtu.tree_map(jnp.add, a, _at(cotangents, 0))
+    *_, a, theta_bar, failed, _ = jax.lax.while_loop(lambda carry: ~carry[-1], body, init)
     # Always checked: a gradient has no result code to carry a failure.
     a, theta_bar = eqx.error_if(
         (a, theta_bar),
         failed,
         "stiffnode.InterpolatingAdjoint: a replayed forward solve or the backward "
-        "adjoint solve between two checkpoints failed (step budget interval_steps "
-        "exhausted, or NaN/inf); raise interval_steps or lower checkpoint_every",
+        "adjoint solve between two checkpoints failed (its step budget, interval_steps "
+        "for the replay and 16 interval_steps for the adjoint, exhausted, or NaN/inf); "
+        "raise interval_steps, lower checkpoint_every or loosen the adjoint's rtol",
     )
     args_bar, terms_bar = theta_bar
     return a, args_bar, terms_bar
