@@ -20,6 +20,9 @@ reachable under their old names as attributes.
 
 __version__ = "0.1.0"  # first: the studies record it
 
+# `_xla_flags` first: it raises XLA:CPU's small-loop threshold before anything could start
+# JAX's backends.
+from . import _xla_flags  # noqa: F401, I001
 from . import checkpoints, data, flow, models, node, problems, solvers, stiffness, studies, training
 from .data import ensembles, toy_densities
 from .models import AugmentedNeuralODE, MLPVectorField, NeuralODE, ResNet

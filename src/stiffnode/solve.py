@@ -464,11 +464,10 @@ def solve(
     global error is typically a small multiple of that, not bounded by it.
 
     Speed on CPU: for a system of a few states most of a step is XLA:CPU's dispatch of small
-    kernels; raising XLA's small-loop threshold before JAX starts
-    (`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=65536`)
-    compiles the step loop into one function: 2-6x faster (Tsit5) on the benchmark's small
-    problems, unchanged where a loop holds a dot or a LAPACK call (README, "Small systems on
-    CPU").
+    kernels unless the step loop is compiled into one function, which `import stiffnode`
+    arranges by raising XLA's small-loop threshold before JAX starts (`stiffnode._xla_flags`;
+    a warning if JAX had already started, `STIFFNODE_XLA_DEFAULTS=0` to opt out). Loops
+    holding a dot or a LAPACK call stay a graph of kernels.
 
     Args:
         vector_field: `f(t, y, args)` as in diffrax (any callable or equinox module); for
