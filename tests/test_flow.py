@@ -513,6 +513,21 @@ def test_run_bad_inputs_and_non_finite():
         run(lambda p: jnp.sum(jnp.sqrt(jnp.abs(p["w"]))), P0_LOG, sgd, max_updates=3)
 
 
+def test_run_raises_when_an_update_fails_unless_throw_false():
+    """A stiff quadratic's flow with Tsit5 and a step budget of 8: the first update's solve
+    fails; `run` raises naming it, as `solve` does, or records it with `throw=False`."""
+
+    def loss(p):
+        return 0.5 * (p["w"][0] ** 2 + 1e6 * p["w"][1] ** 2)
+
+    flow = gradient_flow(loss, "tsit5", window=1.0, max_steps=8)
+    p0 = {"w": jnp.array([1.0, 1.0])}
+    with pytest.raises(RuntimeError, match="flow.run: update 0 failed: .*step budget"):
+        run(loss, p0, flow, max_updates=2)
+    r = run(loss, p0, flow, max_updates=2, throw=False)
+    assert r.stop_reason.startswith("failed:") and r.history["update"] == [0]
+
+
 # ----------------------------------------------------------------------- minibatches
 
 

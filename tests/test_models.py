@@ -167,6 +167,15 @@ def test_resnet_bad_sizes(kwargs, match):
         sn.ResNet(**args, key=jax.random.key(0))
 
 
+def test_input_of_the_wrong_width_names_the_sizes():
+    resnet = sn.ResNet(2, 1, 3, 2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"ResNet takes one sample of shape \(2,\)"):
+        resnet(jnp.ones(3))
+    node = sn.NeuralODE.from_resnet(resnet)
+    with pytest.raises(ValueError, match=r"NeuralODE takes .* got shape \(4, 2\)"):
+        node(jnp.ones((4, 2)))
+
+
 def test_any_equinox_module_is_a_vector_field():
     class Rotation(eqx.Module):
         omega: jax.Array

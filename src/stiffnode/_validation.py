@@ -43,3 +43,18 @@ def non_negative_number(name: str, value) -> float:
     if x is None or not (math.isfinite(x) and x >= 0):
         raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
     return x
+
+
+def model_input(model: str, layer, x):
+    """`x`, or a ValueError naming `model` and the sizes unless `x` has the shape the input
+    projection `layer` takes (when it is an `eqx.nn.Linear`; other callables unchecked)."""
+    width = getattr(layer, "in_features", None)
+    if width is None:
+        return x
+    want = () if width == "scalar" else (width,)
+    if np.shape(x) != want:
+        raise ValueError(
+            f"{model} takes one sample of shape {want} (input size {width}); got shape "
+            f"{np.shape(x)} (jax.vmap the model over a batch)"
+        )
+    return x

@@ -65,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train a ResNet (tanh, T = 1) on Alpine02 in float64 (Adam 1e-3, batch "
         f"{BATCH_SIZE}, {N_TRAIN} train / {N_TEST} test samples), then solve the neural ODE "
         "its weights define (piecewise constant, piecewise linear and polynomial weights) "
-        f"with Euler (N = depth steps), Tsit5 and Kvaerno5 (rtol {RTOL:g}, atol {ATOL:g}) "
+        f"with Euler (N = depth steps), Tsit5 and Rodas5P (rtol {RTOL:g}, atol {ATOL:g}) "
         "and compare with the ResNet on the test set.",
     )
     demo.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,

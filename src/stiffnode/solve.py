@@ -489,8 +489,13 @@ def solve(
         adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve; every step checkpointed when
             `max_steps` of them fit in `CHECKPOINT_BYTES`, so a `max_steps` near the
-            steps needed makes the gradient faster), `"backsolve"` (continuous adjoint, O(1)
-            memory, gradient of the continuous problem up to the backward solve's error),
+            steps needed makes the gradient faster), `"interpolating"`
+            (`solvers.InterpolatingAdjoint`: the continuous adjoint solved backward by
+            Rodas5P over the forward solve replayed from checkpoints, at this solve's
+            tolerances; stable on stiff problems, memory flat in `max_steps`; adaptive
+            steps only), `"backsolve"` (continuous adjoint, O(1) memory, gradient of the
+            continuous problem up to the backward solve's error; it re-solves the state
+            backward in time, unstable on stiff problems: inf or no gradient on Robertson),
             `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
             `jax.jvp`/`jax.jacfwd`; the cheaper way when states and parameters are few),
             or a `diffrax.AbstractAdjoint`. Reverse-mode adjoints cannot be

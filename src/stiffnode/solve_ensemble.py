@@ -104,6 +104,8 @@ def solve_ensemble(
         raise ValueError("solve_ensemble takes throw=; progress bars are per member")
     chunk_size = positive_int("chunk_size", chunk_size)
     num = _batch_size(y0, args, batch_y0, batch_args)
+    if num == 0:
+        raise ValueError("solve_ensemble: the batch has no members (a leading axis of size 0)")
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty")

@@ -78,6 +78,7 @@ def run(
     key: Array | None = None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = False,
+    throw: bool = True,
 ) -> FlowRun:
     """Apply `optimizer` to `loss_fn(params, **batch)` until a stopping rule holds:
     `loss <= target_loss`, `||grad L|| <= grad_tol`, the flow time reaches `max_flow_time`
@@ -103,8 +104,10 @@ def run(
             a damaged checkpoint is set aside with a warning and the run starts afresh.
         progress: show a tqdm progress bar.
 
-    An update that fails at run time (a solver's step budget exhausted, say) ends the run
-    with `stop_reason = "failed: <message>"`; the parameters and history up to it are kept.
+    An update that fails at run time (a solver's step budget exhausted, say) raises a
+    `RuntimeError` naming the update (the checkpoint keeps the updates before it), as
+    `stiffnode.solve(throw=True)` does; with `throw=False` it ends the run with
+    `stop_reason = "failed: <message>"`, the parameters and history up to it kept.
     A loss that diverges (NaN/inf, or 1e6 times the first: `training.loop.has_diverged`)
     raises `TrainingDiverged` naming the update, non-finite parameters `FloatingPointError`.
     """
@@ -188,6 +191,10 @@ def run(
                 new_params, opt_state = compiled(params, opt_state, batch)
                 jax.block_until_ready(new_params)
             except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError) as e:
+                if throw:
+                    raise RuntimeError(
+                        f"flow.run: update {k} failed: {_runtime_message(e)}"
+                    ) from e
                 reason = f"failed: {_runtime_message(e)}"
                 break
             elapsed = time.perf_counter() - start

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._validation import positive_number
+from .._validation import model_input, positive_number
 from ..solve import Solution, solve
 from .resnet import ResNet
 from .vector_field import ResidualVectorField
@@ -73,7 +73,7 @@ class NeuralODE(AbstractNeuralODE):
         self.T = float(T)
 
     def initial_state(self, x):
-        return self.input(x)
+        return self.input(model_input(type(self).__name__, self.input, x))
 
     def readout(self, y):
         return self.output(y)
@@ -134,7 +134,7 @@ class AugmentedNeuralODE(AbstractNeuralODE):
         self.T = float(T)
 
     def initial_state(self, x):
-        h = jnp.asarray(self.input(x))
+        h = jnp.asarray(self.input(model_input(type(self).__name__, self.input, x)))
         return jnp.concatenate([h, jnp.zeros(h.shape[:-1] + (self.augment_size,), h.dtype)],
                                axis=-1)
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._validation import positive_int, positive_number
+from .._validation import model_input, positive_int, positive_number
 
 
 class ResNet(eqx.Module):
@@ -94,7 +94,7 @@ class ResNet(eqx.Module):
             h = h + dt * self.activation(W @ h + b)
             return h, h
 
-        h0 = self.input(x)
+        h0 = self.input(model_input("ResNet", self.input, x))
         _, hs = jax.lax.scan(layer, h0, (self.weights, self.biases))
         return jnp.concatenate([h0[None], hs])
 

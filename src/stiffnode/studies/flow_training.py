@@ -231,7 +231,7 @@ def _tune(task, name, updates, learning_rates):
     for lr in learning_rates:
         try:
             r = run(task.loss_on, task.params, OPTIMIZERS[name](lr), max_updates=updates,
-                    batches=itertools.repeat(task.batch))  # fmt: skip
+                    batches=itertools.repeat(task.batch), throw=False)  # fmt: skip
         except FloatingPointError:
             continue
         final = r.history["loss"][-1]
@@ -462,6 +462,7 @@ def run_study(
                 stiffness_every=2,
                 key=jax.random.key(seed),
                 progress=progress,
+                throw=False,  # a solver that fails is a result of the study
             )
             save(
                 name,
