@@ -182,7 +182,7 @@ def test_solve_ensemble_errors():
     with pytest.raises(ValueError, match="same leading"):
         sn.solve_ensemble(field, jnp.ones((3, 2)), 0.0, 1.0, args=jnp.ones(4))
     with pytest.raises(ValueError, match="no members"):
-        sn.solve_ensemble(field, jnp.ones((0, 2)), 0.0, 1.0, args=1.0)
+        sn.solve_ensemble(field, jnp.ones((0, 2)), 0.0, 1.0, args=1.0, batch_args=False)
     with pytest.raises(ValueError, match="needs a batch"):
         sn.solve_ensemble(field, jnp.ones(2), 0.0, 1.0, args=1.0, batch_y0=False,
                           batch_args=False)  # fmt: skip
