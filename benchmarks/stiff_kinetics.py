@@ -19,8 +19,9 @@ stiff neural ODE trained with them.
 2. Training Kim et al.'s Robertson experiment (AdamW 5e-3) for `--epochs` epochs from the
    same initialisation with each solver: seconds per epoch and the loss reached.
 
-Writes `benchmarks/results/stiff_kinetics.json`.
-Float64. Run: `python benchmarks/stiff_kinetics.py [--epochs 1000]`.
+Writes `benchmarks/results/stiff_kinetics.json` (`--out` another name under results/).
+Float64. Run: `python benchmarks/stiff_kinetics.py [--epochs 1000] [--problems ...]
+[--solvers ...] [--no-anchor]`.
 """
 
 import jax
@@ -152,13 +153,15 @@ def network_problem():
     return flat, ours, anchor, None
 
 
-def gradient_costs() -> dict:
+PROBLEMS = {"robertson_rates": robertson_rates, "pollu_rates": pollu_rates,
+            "network": network_problem}  # fmt: skip
+
+
+def gradient_costs(problems=tuple(PROBLEMS), solvers=OURS, anchor_too=True) -> dict:
     rows = {}
-    problems = (("robertson_rates", robertson_rates), ("pollu_rates", pollu_rates),
-                ("network", network_problem))  # fmt: skip
-    for name, build in problems:
-        p, ours, anchor, reference = build()
-        cases = [(s, a) for s in OURS for a in ADJOINTS] + [("anchor", None)]
+    for name in problems:
+        p, ours, anchor, reference = PROBLEMS[name]()
+        cases = [(s, a) for s in solvers for a in ADJOINTS] + [("anchor", None)] * anchor_too
         for solver, adjoint in cases:
             if solver == "anchor":
                 loss, label = anchor, "diffrax Kvaerno5 + RecursiveCheckpointAdjoint"
@@ -235,16 +238,20 @@ def training(epochs: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=1000, help="0: no training section")
+    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
+    parser.add_argument("--solvers", nargs="+", choices=OURS, default=list(OURS))
+    parser.add_argument("--no-anchor", action="store_true", help="skip diffrax's Kvaerno5")
+    parser.add_argument("--out", default="stiff_kinetics.json", help="file under results/")
     args = parser.parse_args()
     record = {
         "rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS,
-        "gradients": gradient_costs(),
+        "gradients": gradient_costs(args.problems, args.solvers, not args.no_anchor),
         "adjoint_memory": adjoint_memory(),
-        "training": training(args.epochs),
+        "training": training(args.epochs) if args.epochs else None,
         "environment": environment(),
     }  # fmt: skip
-    path = OUT / "stiff_kinetics.json"
+    path = OUT / args.out
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
