@@ -53,7 +53,7 @@ def _factor_unrolled(a: Array) -> LUFactors:
         multipliers = jnp.where(below, a[:, k] / a[k, k], 0)
         a = a - multipliers[:, None] * jnp.where(below, a[k], 0)[None, :]
         a = jnp.where((rows == k)[None, :] & below[:, None], multipliers[:, None], a)
-    return LUFactors(a, jnp.stack(pivots), perm)
+    return LUFactors(a, jnp.asarray(pivots, dtype=jnp.int32).reshape(n), perm)
 
 
 def lu_factor(a: Float[Array, "n n"]) -> LUFactors:
