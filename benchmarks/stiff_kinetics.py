@@ -42,6 +42,7 @@ from scipy.integrate import solve_ivp  # noqa: E402
 
 import stiffnode as sn  # noqa: E402
 from _common import RESULTS, environment  # noqa: E402
+from stiffnode.checkpoints import write_text  # noqa: E402
 from stiffnode.node import stiff_kinetics as sk  # noqa: E402
 from stiffnode.problems import pollu, robertson  # noqa: E402
 
@@ -252,9 +253,7 @@ def main():
         "environment": environment(),
     }  # fmt: skip
     path = OUT / args.out
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(record, indent=1))
     print(f"wrote {path}")
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, environment
+from stiffnode.checkpoints import write_text
 
 OUT = Path(RESULTS)
 
@@ -183,9 +184,7 @@ def main():
         )
     record = {"rows": rows, "runs": runs, "environment": environment()}
     path = OUT / "xla_defaults.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(record, indent=1))
     print(f"wrote {path}")
 
 

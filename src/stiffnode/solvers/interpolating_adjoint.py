@@ -42,20 +42,28 @@ class InterpolatingAdjoint(diffrax.AbstractAdjoint):
     - Forward: the solve as usual, storing its state every `checkpoint_every` accepted
       steps (and at the save times): `O((max_steps / checkpoint_every + saves) n)` numbers.
     - Backward, interval by interval between those checkpoints: the forward solve is
-      replayed from the checkpoint with dense output, and the adjoint ODE solved backward
-      with `solver` (by default the forward solve's, so stiff where it is stiff), its
-      Jacobian `-(df/dy)^T` exact at the interpolated state; `dL/dtheta` accumulates by
-      three-point Gauss-Legendre quadrature on each adjoint step. Peak memory: the
-      checkpoints plus one interval's dense output (`interval_steps` steps).
+      replayed from the checkpoint with dense output (at most `interval_steps` steps,
+      default `4 checkpoint_every + 16`), and the adjoint ODE solved backward by `solver`
+      (a one-step method with an error estimate; Rodas5P by default, stiff where the
+      forward problem is), its Jacobian `-(df/dy)^T` exact at the interpolated state, its
+      error controlled at `rtol`/`atol` (RMS over components of `atol + rtol |a|`), its
+      steps never crossing a replayed step's end; `dL/dtheta` accumulates by three-point
+      Gauss-Legendre quadrature on each adjoint step. Peak memory: the checkpoints plus one
+      interval's dense output.
 
     The gradient is that of the continuous problem, correct to the tolerances of the
-    solves (forward, replay and adjoint all use the forward solve's controller unless
-    given), not the exact derivative of the discrete solve (`RecursiveCheckpointAdjoint`).
-    Gradients flow to `y0`, `args` and the terms; not to `t0`, `t1` or closed-over values
-    (JAX's `CustomVJPException`, as for `diffrax.BacksolveAdjoint`).
+    solves, not the exact derivative of the discrete solve (`RecursiveCheckpointAdjoint`).
+    `stiffnode.solve(adjoint="interpolating")` sets `rtol`/`atol` to the solve's own; a
+    looser `rtol` makes the adjoint cheaper (it resolves the fast transient each save
+    time's jump in `a` excites) and, where the cotangent spans many decades, possible at
+    all. Gradients flow to `y0`, `args` and the terms; not to `t0`, `t1` or closed-over
+    values (JAX's `CustomVJPException`, as for `diffrax.BacksolveAdjoint`). A failure of a
+    replay or of the adjoint solve raises an error (a gradient has no result code).
 
     Needs a single ODE term, an adaptive step-size controller, `SaveAt(t0=, t1=, ts=)` (no
-    `steps`, `dense`, `fn` or `subs`), and no events; anything else is a clear error.
+    `steps`, `dense`, `fn` or `subs`), and no events; anything else is a clear error. With
+    `diffrax.diffeqsolve` directly, pass `rtol` and `atol`, and set `AutoSwitch` up with
+    `solvers.for_solve(..., dense=True)` (the replays need its dense output).
     """
 
     rtol: float | None = None
