@@ -9,7 +9,8 @@ from importlib.metadata import version
 
 import jax
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+# `benchmarks/all.py` points a run elsewhere (a GPU run, a quick run) through the environment.
+RESULTS = os.environ.get("STIFFNODE_RESULTS") or os.path.join(os.path.dirname(__file__), "results")
 
 
 def time_compiled(fn, *args, repeats: int = 7):

@@ -21,7 +21,7 @@ stiff neural ODE trained with them.
 
 Writes `benchmarks/results/stiff_kinetics.json` (`--out` another name under results/).
 Float64. Run: `python benchmarks/stiff_kinetics.py [--epochs 1000] [--problems ...]
-[--solvers ...] [--no-anchor]`.
+[--solvers ...] [--no-anchor] [--no-memory]`.
 """
 
 import jax
@@ -243,12 +243,13 @@ def main():
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
     parser.add_argument("--solvers", nargs="+", choices=OURS, default=list(OURS))
     parser.add_argument("--no-anchor", action="store_true", help="skip diffrax's Kvaerno5")
+    parser.add_argument("--no-memory", action="store_true", help="skip adjoint_memory")
     parser.add_argument("--out", default="stiff_kinetics.json", help="file under results/")
     args = parser.parse_args()
     record = {
         "rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS,
         "gradients": gradient_costs(args.problems, args.solvers, not args.no_anchor),
-        "adjoint_memory": adjoint_memory(),
+        "adjoint_memory": None if args.no_memory else adjoint_memory(),
         "training": training(args.epochs) if args.epochs else None,
         "environment": environment(),
     }  # fmt: skip
