@@ -25,7 +25,7 @@ from .jacobians import (
     vector_field_jacobian,
     vector_field_jvp,
 )
-from .lanczos import lanczos_extremes
+from .lanczos import KrylovBasis, lanczos_basis, lanczos_extremes, shifted_solve
 from .proxies import (
     PROXIES,
     aggregate,
@@ -44,6 +44,7 @@ from .proxies import (
 
 __all__ = [
     "PROXIES",
+    "KrylovBasis",
     "PowerVectors",
     "activation_slopes",
     "aggregate",
@@ -53,6 +54,7 @@ __all__ = [
     "forward_with_slopes",
     "frobenius",
     "get_proxy",
+    "lanczos_basis",
     "lanczos_extremes",
     "layer_frobenius",
     "layer_jacobians",
@@ -61,6 +63,7 @@ __all__ = [
     "modulus_ratio",
     "orthonormalise_pair",
     "ritz_radius",
+    "shifted_solve",
     "singular_ratio",
     "spectral_radius_gelfand",
     "spectral_radius_power",
