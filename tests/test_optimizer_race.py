@@ -38,9 +38,14 @@ def test_race_writes_resumes_and_the_flow_reaches_adams_loss(tmp_path, monkeypat
 
     monkeypatch.setattr(optimizer_race, "race_one", fail)
     again = optimizer_race.run_race(
-        tmp_path, tasks=[task], seeds=(0,), methods=methods, progress=False
-    )
+        tmp_path, tasks=[task], seeds=(0,), methods=methods, adam_updates=100,
+        max_updates=100, progress=False,
+    )  # fmt: skip
     assert again["runs"]["sinc/0"] == run
+    # A record made with other settings is not resumed under these.
+    with pytest.raises(ValueError, match="other settings"):
+        optimizer_race.run_race(tmp_path, tasks=[task], seeds=(0,), methods=methods,
+                                progress=False)  # fmt: skip
 
 
 def test_bad_input(tmp_path):

@@ -460,15 +460,15 @@ def run_race(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "race.json"
     record = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    record.update(
-        {
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "adam_updates": adam_updates,
-            "max_updates": max_updates,
-            "max_seconds": max_seconds,
-        }
-    )
+    settings = {"adam_updates": adam_updates, "max_updates": max_updates,
+                "max_seconds": max_seconds}  # fmt: skip
+    other = {k: record[k] for k in settings if k in record and record[k] != settings[k]}
+    if record["runs"] and other:
+        raise ValueError(
+            f"{path} holds a race run with other settings ({other}; asked {settings}); "
+            "use another output directory or the same settings"
+        )
+    record.update({"jax": jax.__version__, "backend": jax.default_backend(), **settings})
     built = {t.name: t for t in tasks if isinstance(t, Task)}
     names = [t.name if isinstance(t, Task) else t for t in tasks]
     todo = [(t, s) for t in names for s in seeds if f"{t}/{s}" not in record["runs"]]
