@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from stiffnode.checkpoints import write_text
+
 HERE = Path(__file__).resolve().parent
 
 # (name, arguments of the full run, arguments of the quick run)
@@ -46,19 +48,13 @@ BENCHMARKS = (
 
 def results_dir(quick: bool) -> Path:
     """Where this run writes: the backend asked of JAX in a process of its own (this one
-    must not start JAX's backends before the benchmarks' processes set their options)."""
+    starts no JAX backend)."""
     probe = "import jax; print(jax.default_backend())"
     backend = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]  # fmt: skip
     if quick:
         return HERE / "results" / f"quick-{backend}"
     return HERE / "results" if backend == "cpu" else HERE / "results" / backend
-
-
-def _write(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
 
 
 def main():
@@ -89,7 +85,7 @@ def main():
         seconds = time.perf_counter() - start
         record["runs"][name] = {"command": command[1:], "status": status,
                                 "seconds": seconds, "output_tail": output[-2000:]}  # fmt: skip
-        _write(out / "all.json", record)
+        write_text(out / "all.json", json.dumps(record, indent=1))
         print(f"   {'ok' if status == 0 else f'FAILED ({status})'} in {seconds:.0f} s",
               flush=True)  # fmt: skip
     failed = [n for n, r in record["runs"].items() if r["status"] != 0]

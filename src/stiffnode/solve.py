@@ -412,26 +412,24 @@ def _recursive_checkpoints(y0, max_steps: int) -> int | None:
 
 
 def _adjoint(adjoint, y0, max_steps: int, rtol, atol):
+    if isinstance(adjoint, str) and adjoint == "recursive":
+        return diffrax.RecursiveCheckpointAdjoint(_recursive_checkpoints(y0, max_steps))
+    if not isinstance(adjoint, diffrax.AbstractAdjoint):
+        try:
+            adjoint = _ADJOINTS[adjoint]()
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown adjoint {adjoint!r}; use one of {sorted(_ADJOINTS)} or a "
+                "diffrax.AbstractAdjoint"
+            ) from None
     if isinstance(adjoint, InterpolatingAdjoint) and None in (adjoint.rtol, adjoint.atol):
         # The adjoint ODE at the forward solve's tolerances, unless given.
-        return dataclasses.replace(
+        adjoint = dataclasses.replace(
             adjoint,
             rtol=rtol if adjoint.rtol is None else adjoint.rtol,
             atol=atol if adjoint.atol is None else adjoint.atol,
         )
-    if isinstance(adjoint, diffrax.AbstractAdjoint):
-        return adjoint
-    if adjoint == "recursive":
-        return diffrax.RecursiveCheckpointAdjoint(_recursive_checkpoints(y0, max_steps))
-    if adjoint == "interpolating":
-        return InterpolatingAdjoint(rtol=rtol, atol=atol)
-    try:
-        return _ADJOINTS[adjoint]()
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown adjoint {adjoint!r}; use one of {sorted(_ADJOINTS)} or a "
-            "diffrax.AbstractAdjoint"
-        ) from None
+    return adjoint
 
 
 def solve(
