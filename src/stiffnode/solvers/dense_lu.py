@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Float, Int
 
+from .unrolled import rows_sum
+
 UNROLLED_MAX_N = 16
 """Systems up to this size are factorised and solved unrolled; larger ones by LAPACK."""
 
@@ -94,6 +96,8 @@ def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Arra
         raise ValueError(
             f"lu_solve_transposed needs a right-hand side of shape ({n},), got {b.shape}"
         )
+    if n == 0:
+        return b
     if n > UNROLLED_MAX_N:
         w = jsl.solve_triangular(lu, b, lower=False, trans=1)
         z = jsl.solve_triangular(lu, w, lower=True, unit_diagonal=True, trans=1)
@@ -105,6 +109,10 @@ def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Arra
             z = jnp.where(rows == k, zk, z - jnp.where(rows > k, lu[k, :], 0) * zk)
         for k in reversed(range(1, n)):  # L^T is unit upper triangular
             z = z - jnp.where(rows < k, lu[k, :], 0) * z[k]
+        # x[perm] = z without a scatter (which would keep a solver's loop from compiling
+        # as one function on XLA:CPU): x_i = sum_k [perm_k = i] z_k, written out.
+        hits = factors.perm[:, None] == rows[None, :].astype(factors.perm.dtype)
+        return rows_sum(jnp.where(hits, z[:, None], 0))
     return jnp.zeros_like(z).at[factors.perm].set(z)
 
 
