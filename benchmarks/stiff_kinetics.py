@@ -52,6 +52,7 @@ MAX_STEPS = 4096  # (3 states: every step checkpointed, `stiffnode.solve.CHECKPO
 OURS = ("bdf", "rodas5p", "auto", "kvaerno5")
 ADJOINTS = {
     "recursive": "recursive",
+    "sensitivity": "sensitivity",  # forward sensitivities serving jax.grad
     "interpolating": "interpolating",  # the adjoint at the forward solve's rtol
     "interpolating(rtol=1e-6)": sn.solvers.InterpolatingAdjoint(rtol=1e-6, atol=ATOL),
     "forward": "forward",

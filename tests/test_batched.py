@@ -52,6 +52,23 @@ def test_lazy_cond_runs_the_expensive_branch_only_when_a_lane_needs_it(per_lane)
         assert calls.n == (int(pred.sum()) if per_lane else 5 * bool(pred.any()))
 
 
+@pytest.mark.x64
+def test_bdf_gradient_through_a_vector_field_closing_over_its_parameter():
+    """`lambda t, y, args: -rate * y` with `rate` differentiated: BDF's `lazy_cond`
+    branches close over it (before, JAX's "Linearization failed" under `jax.grad`).
+    `d/dr sum(y0^2 exp(-2 r T))` in closed form."""
+    y0 = jnp.asarray([0.6, 0.1])
+
+    def loss(rate):
+        sol = sn.solve(lambda t, y, args: -rate * y, y0, 0.0, 2.0, solver="bdf",
+                       saveat=[2.0], rtol=1e-10, atol=1e-12)  # fmt: skip
+        return jnp.sum(sol.ys**2)
+
+    want = -2 * 2.0 * float(jnp.sum(y0**2)) * np.exp(-2 * 0.5 * 2.0)
+    # rtol 1e-10: the solve's relative error ~1e-9; bound 100x that.
+    np.testing.assert_allclose(jax.grad(loss)(0.5), want, rtol=1e-7)
+
+
 def _counted_field(calls):
     def field(t, y, rate):
         jax.debug.callback(calls, y, rate)  # batched arguments: one call per lane

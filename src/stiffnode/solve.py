@@ -18,8 +18,10 @@ from .solvers import (
     BDF,
     FROM_CONTROLLER,
     AbstractSelfControlledSolver,
+    AUTO_MAX_DIRECTIONS,
     AutoSwitch,
     CountingController,
+    ForwardSensitivity,
     InterpolatingAdjoint,
     JumpAwareSolver,
     NonFiniteMonitor,
@@ -30,6 +32,7 @@ from .solvers import (
     SolverStepController,
     StiffnessMonitor,
     for_solve,
+    forward_sensitivities,
     initial_step_size,
     solver_stats_of,
 )
@@ -88,6 +91,7 @@ _ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "direct": diffrax.DirectAdjoint,
     "forward": diffrax.ForwardMode,
     "interpolating": InterpolatingAdjoint,
+    "sensitivity": ForwardSensitivity,
 }
 
 
@@ -411,7 +415,16 @@ def _recursive_checkpoints(y0, max_steps: int) -> int | None:
     return max_steps if every_step else None
 
 
-def _adjoint(adjoint, y0, max_steps: int, rtol, atol):
+def _differentiable_size(tree) -> int:
+    """Real numbers in the inexact arrays of `tree` (a complex number counts twice)."""
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+    return sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in leaves)
+
+
+def _adjoint(adjoint, y0, args, terms, max_steps: int, rtol, atol):
+    if isinstance(adjoint, str) and adjoint == "auto":
+        few = _differentiable_size((y0, args, terms)) <= AUTO_MAX_DIRECTIONS
+        adjoint = "sensitivity" if few else "recursive"
     if isinstance(adjoint, str) and adjoint == "recursive":
         return diffrax.RecursiveCheckpointAdjoint(_recursive_checkpoints(y0, max_steps))
     if not isinstance(adjoint, diffrax.AbstractAdjoint):
@@ -448,7 +461,9 @@ def solve(
     stepsize_controller: Literal["pid", "constant", "solver"]
     | diffrax.AbstractStepSizeController
     | None = None,
-    adjoint: Literal["recursive", "interpolating", "backsolve", "direct", "forward"]
+    adjoint: Literal[
+        "recursive", "auto", "sensitivity", "interpolating", "backsolve", "direct", "forward"
+    ]
     | diffrax.AbstractAdjoint = "recursive",
     jump_ts: Sequence[float] | Array | None = None,
     throw: bool = True,
@@ -491,7 +506,12 @@ def solve(
             (`solvers.InterpolatingAdjoint`: the continuous adjoint solved backward by
             Rodas5P over the forward solve replayed from checkpoints, at this solve's
             tolerances; stable on stiff problems, memory flat in `max_steps`; adaptive
-            steps only), `"backsolve"` (continuous adjoint, O(1) memory, gradient of the
+            steps only), `"sensitivity"` (`solvers.ForwardSensitivity`: forward
+            sensitivities over every differentiated real number, for `jax.grad` as well
+            as `jax.jacfwd`; the exact derivative of the discrete solve, memory flat in
+            `max_steps`, cheapest when inputs are few), `"auto"` (`"sensitivity"` when
+            `y0`, `args` and the vector field's arrays hold at most
+            `solvers.AUTO_MAX_DIRECTIONS` real numbers, else `"recursive"`), `"backsolve"` (continuous adjoint, O(1) memory, gradient of the
             continuous problem up to the backward solve's error; it re-solves the state
             backward in time, unstable on stiff problems: inf or no gradient on Robertson),
             `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
@@ -536,7 +556,7 @@ def solve(
         jump_ts,
         max_steps,
     )
-    adjoint = _adjoint(adjoint, y0, max_steps, rtol, atol)
+    adjoint = _adjoint(adjoint, y0, args, terms, max_steps, rtol, atol)
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
@@ -581,15 +601,17 @@ def solve(
             controller_state=saveat.controller_state or monitored,
             made_jump=saveat.made_jump,
         )
-    try:
-        sol = diffrax.diffeqsolve(
-            terms,
+
+    def integrate(y0__args__terms):
+        y0_, args_, terms_ = y0__args__terms
+        return diffrax.diffeqsolve(
+            terms_,
             stepping_solver,
             t0,
             t1,
             dt0,
-            y0,
-            args=args,
+            y0_,
+            args=args_,
             saveat=saveat,
             stepsize_controller=controller,
             adjoint=adjoint,
@@ -597,6 +619,11 @@ def solve(
             throw=False,
             progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
         )
+
+    if isinstance(adjoint, ForwardSensitivity):
+        integrate = forward_sensitivities(integrate, lambda sol: sol.ys)
+    try:
+        sol = integrate((y0, args, terms))
     except TypeError as error:
         if "forward-mode" not in str(error) or isinstance(adjoint, diffrax.ForwardMode):
             raise

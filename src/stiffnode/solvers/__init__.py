@@ -11,6 +11,7 @@ from .controllers import (
     SolverStepController,
     solver_stats_of,
 )
+from .forward_sensitivity import AUTO_MAX_DIRECTIONS, ForwardSensitivity, forward_sensitivities
 from .initial_step import initial_step_size
 from .interpolating_adjoint import InterpolatingAdjoint
 from .jump_aware import JumpAwareSolver
@@ -39,6 +40,9 @@ from .solve_setup import for_solve
 from .stiffness_estimate import StiffnessMonitor, explicit_stiffness, stability_boundary
 
 __all__ = [
+    "AUTO_MAX_DIRECTIONS",
+    "ForwardSensitivity",
+    "forward_sensitivities",
     "AutoSwitch",
     "AutoSwitchState",
     "SwitchStats",

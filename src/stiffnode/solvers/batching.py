@@ -39,19 +39,31 @@ def lazy_cond(
     Both branches must return the same structure, as for `lax.cond`. Everything that may
     be batched must be passed in `operands` (pytrees; their non-array leaves, e.g. a vector
     field's function, are passed through): the branches may close over unbatched values
-    only. No gradient flows through: the operands are taken under `stop_gradient` (it is
+    only (values an outer `jax.grad`/`jax.jvp` differentiates are fine: they are made
+    operands). No gradient flows through: the operands are taken under `stop_gradient` (it is
     for work whose results carry none, such as Jacobians, factorisations and Newton
     iterations whose solution gets its gradient elsewhere).
     """
     dynamic, static = eqx.partition(operands, eqx.is_array)
     dynamic = jax.lax.stop_gradient(dynamic)
+    # Values the branches close over that an outer autodiff transformation perturbs (e.g.
+    # parameters a vector field closes over) become operands too, without gradient:
+    # `custom_vmap` cannot close over them.
+    branches = []
+    for branch in (true_fun, false_fun):
+        closed, consts = jax.closure_convert(
+            lambda dyn, b=branch: b(*eqx.combine(dyn, static)), dynamic
+        )
+        branches.append((closed, jax.lax.stop_gradient(consts)))
+    dynamic = (dynamic, [consts for _, consts in branches])
 
-    def call(branch):
-        return lambda dyn: branch(*eqx.combine(dyn, static))
+    def call(which):
+        closed = branches[which][0]
+        return lambda dyn: closed(dyn[0], *dyn[1][which])
 
     @custom_batching.custom_vmap
     def cond(pred, operands):
-        return jax.lax.cond(pred, call(true_fun), call(false_fun), operands)
+        return jax.lax.cond(pred, call(0), call(1), operands)
 
     @cond.def_vmap
     def rule(axis_size, in_batched, pred, operands):
@@ -61,8 +73,8 @@ def lazy_cond(
             return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
         operands = jax.tree.map(full, operands, operands_batched)
-        on_true = jax.vmap(call(true_fun))
-        on_false = jax.vmap(call(false_fun))
+        on_true = jax.vmap(call(0))
+        on_false = jax.vmap(call(1))
         if not pred_batched:
             out = jax.lax.cond(pred, on_true, on_false, operands)
         else:
@@ -77,7 +89,7 @@ def lazy_cond(
 
                 def body(j, out):
                     i = lanes[j]
-                    new = call(true_fun)(jax.tree.map(lambda x: x[i], ops))
+                    new = call(0)(jax.tree.map(lambda x: x[i], ops))
                     return jax.tree.map(lambda o, v: o.at[i].set(v), out, new)
 
                 return jax.lax.fori_loop(0, count, body, out)
