@@ -15,10 +15,10 @@ from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from ._validation import positive_int
 from .solvers import (
+    AUTO_MAX_DIRECTIONS,
     BDF,
     FROM_CONTROLLER,
     AbstractSelfControlledSolver,
-    AUTO_MAX_DIRECTIONS,
     AutoSwitch,
     CountingController,
     ForwardSensitivity,
@@ -511,8 +511,9 @@ def solve(
             as `jax.jacfwd`; the exact derivative of the discrete solve, memory flat in
             `max_steps`, cheapest when inputs are few), `"auto"` (`"sensitivity"` when
             `y0`, `args` and the vector field's arrays hold at most
-            `solvers.AUTO_MAX_DIRECTIONS` real numbers, else `"recursive"`), `"backsolve"` (continuous adjoint, O(1) memory, gradient of the
-            continuous problem up to the backward solve's error; it re-solves the state
+            `solvers.AUTO_MAX_DIRECTIONS` real numbers, else `"recursive"`),
+            `"backsolve"` (continuous adjoint, O(1) memory, gradient of the continuous
+            problem up to the backward solve's error; it re-solves the state
             backward in time, unstable on stiff problems: inf or no gradient on Robertson),
             `"direct"`, `"forward"` (`diffrax.ForwardMode`: forward-mode autodiff, for
             `jax.jvp`/`jax.jacfwd`; the cheaper way when states and parameters are few),
