@@ -316,11 +316,11 @@ def test_recursive_adjoint_checkpoints_every_step_when_they_fit():
     recomputation) when they fit in `CHECKPOINT_BYTES`, else diffrax's default count."""
     from stiffnode.solve import CHECKPOINT_BYTES, _adjoint
 
-    small = _adjoint("recursive", jnp.ones(3), 4096, 1e-6, 1e-9)
+    small = _adjoint("recursive", jnp.ones(3), None, None, 4096, 1e-6, 1e-9)
     assert isinstance(small, diffrax.RecursiveCheckpointAdjoint) and small.checkpoints == 4096
     # 33 MB estimated:
-    assert _adjoint("recursive", jnp.ones(20), 4096, 1e-6, 1e-9).checkpoints is None
+    assert _adjoint("recursive", jnp.ones(20), None, None, 4096, 1e-6, 1e-9).checkpoints is None
     y0 = jnp.ones(3)
     too_many = CHECKPOINT_BYTES // (y0.dtype.itemsize * (2 * 9 + 30 + 24)) + 1
-    assert _adjoint("recursive", y0, too_many - 1, 1e-6, 1e-9).checkpoints == too_many - 1
-    assert _adjoint("recursive", y0, too_many, 1e-6, 1e-9).checkpoints is None
+    assert _adjoint("recursive", y0, None, None, too_many - 1, 1e-6, 1e-9).checkpoints == too_many - 1
+    assert _adjoint("recursive", y0, None, None, too_many, 1e-6, 1e-9).checkpoints is None
