@@ -322,5 +322,15 @@ def test_recursive_adjoint_checkpoints_every_step_when_they_fit():
     assert _adjoint("recursive", jnp.ones(20), None, None, 4096, 1e-6, 1e-9).checkpoints is None
     y0 = jnp.ones(3)
     too_many = CHECKPOINT_BYTES // (y0.dtype.itemsize * (2 * 9 + 30 + 24)) + 1
-    assert _adjoint("recursive", y0, None, None, too_many - 1, 1e-6, 1e-9).checkpoints == too_many - 1
+    fits = _adjoint("recursive", y0, None, None, too_many - 1, 1e-6, 1e-9)
+    assert fits.checkpoints == too_many - 1
     assert _adjoint("recursive", y0, None, None, too_many, 1e-6, 1e-9).checkpoints is None
+
+
+def test_backsolve_with_a_stiff_solver_warns():
+    """Backsolve's backward state solve is unstable on stiff problems (Robertson's gradient
+    through Rodas5P: 1e257, no error): said when traced (`jax.eval_shape`: no solve)."""
+    field = lambda t, y, args: -y  # noqa: E731
+    with pytest.warns(UserWarning, match="backsolve re-solves the state backward"):
+        jax.eval_shape(lambda y: sn.solve(field, y, 0.0, 1.0, solver="rodas5p",
+                                          adjoint="backsolve").ys, jnp.ones(2))  # fmt: skip

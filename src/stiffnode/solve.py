@@ -1,6 +1,7 @@
 """One entry point over `diffrax.diffeqsolve`: solvers by name or object, and statistics."""
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -558,6 +559,16 @@ def solve(
         max_steps,
     )
     adjoint = _adjoint(adjoint, y0, args, terms, max_steps, rtol, atol)
+    if isinstance(adjoint, diffrax.BacksolveAdjoint) and isinstance(
+        solver, diffrax.AbstractImplicitSolver | AutoSwitch
+    ):
+        warnings.warn(
+            f"stiffnode.solve: adjoint='backsolve' with the stiff solver {type(solver).__name__}: "
+            "backsolve re-solves the state backward in time, which is unstable where the "
+            "problem is stiff (Robertson's gradient: 1e257, no error); use 'recursive', "
+            "'sensitivity' or 'interpolating'",
+            stacklevel=2,
+        )
     if isinstance(controller, diffrax.StepTo):
         dt0 = None
         if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
