@@ -1,6 +1,7 @@
 """`adjoint="sensitivity"` / `"auto"` (`solvers.ForwardSensitivity`): forward sensitivities
 serving `jax.grad` and `jax.jacfwd`, against closed forms."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,7 @@ def test_parameters_in_a_module_and_closed_over_complex_state():
 
 
 def test_float32_gradient_under_strict_promotion():
-    loss = loss_of("bdf", "auto", rtol=1e-5, atol=1e-7)
+    loss = loss_of("auto", "auto", rtol=1e-5, atol=1e-7)
     y0 = jnp.asarray(Y0, jnp.float32)
     with jax.numpy_dtype_promotion("strict"):
         g_y0, g_s = jax.jit(jax.grad(loss, argnums=(0, 1)))(y0, jnp.float32(1.3))
@@ -104,3 +105,17 @@ def test_auto_chooses_by_the_number_of_differentiable_inputs():
                     100, 1e-6, 1e-9)  # fmt: skip
     assert isinstance(few, sn.solvers.ForwardSensitivity)
     assert type(many).__name__ == "RecursiveCheckpointAdjoint"
+
+
+def test_gradients_drop_autoswitch_substeps():
+    """Under forward mode, or when the caller asks for gradients (`adjoint="auto"`),
+    `AutoSwitch` takes one explicit step per diffrax step: its sub-step loop, replayed
+    inside the backward loop, made a Robertson gradient 10x dearer."""
+    auto = sn.solvers.AutoSwitch.for_states(3)
+    assert auto.substeps > 1
+    recursive = diffrax.RecursiveCheckpointAdjoint()
+    setups = [(recursive, False), (recursive, True), (diffrax.ForwardMode(), False),
+              (sn.solvers.ForwardSensitivity(), False)]  # fmt: skip
+    got = [sn.solvers.for_solve(auto, adjoint=a, fixed_steps=False, dense=False,
+                                differentiated=d).substeps for a, d in setups]  # fmt: skip
+    assert got == [auto.substeps, 1, 1, 1]

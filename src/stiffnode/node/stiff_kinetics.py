@@ -139,13 +139,13 @@ def kinetics_model(
     return ScaledField(net, data.scale, data.t_end, known, scale_inputs)
 
 
-_DEFAULT_SOLVE = dict(solver="rodas5p", rtol=1e-5, atol=1e-9, max_steps=4096)
+_DEFAULT_SOLVE = dict(solver="rodas5p", rtol=1e-5, atol=1e-9, max_steps=4096, adjoint="auto")
 
 
 def predict(field: Callable[..., Any], data: KineticsData, **solve_options) -> Float[Array, "k d"]:
     """`y_hat(t_j)`: the solve of `dy/dt = field(t, y)` from `data.y0` at `t = 0`, saved at
-    `data.ts` (defaults: Rodas5P, rtol 1e-5, atol 1e-9, at most 4,096 steps; any keyword of
-    `stiffnode.solve` overrides them)."""
+    `data.ts` (defaults: Rodas5P, rtol 1e-5, atol 1e-9, at most 4,096 steps, the adjoint
+    for gradients `"auto"`; any keyword of `stiffnode.solve` overrides them)."""
     options = _DEFAULT_SOLVE | solve_options
     sol = solve(field, data.y0, 0.0, data.t_end, saveat=diffrax.SaveAt(ts=data.ts), **options)
     return sol.ys

@@ -387,13 +387,24 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return cls(**kwargs)
 
     def for_solve(
-        self, *, adjoint: diffrax.AbstractAdjoint, fixed_steps: bool, dense: bool
+        self,
+        *,
+        adjoint: diffrax.AbstractAdjoint,
+        fixed_steps: bool,
+        dense: bool,
+        differentiated: bool = False,
     ) -> "AutoSwitch":
         """`self` set up for a solve (`solvers.for_solve`, called by `stiffnode.solve`):
-        `for_adjoint(adjoint)`, and `without_substeps()` under fixed steps or with
-        `SaveAt(dense=True)`."""
+        `for_adjoint(adjoint)`, and `without_substeps()` under fixed steps, with
+        `SaveAt(dense=True)`, in forward mode and when `differentiated` (the sub-step loop
+        inside each step is checkpointed and replayed inside the backward loop: a Robertson
+        gradient took 41x its forward solve with sub-steps, 3.9x without, whose forward
+        solve was no slower; `benchmarks/stiff_kinetics.py`)."""
         solver = self.for_adjoint(adjoint)
-        return solver.without_substeps() if fixed_steps or dense else solver
+        forward_mode = isinstance(adjoint, diffrax.ForwardMode)
+        if fixed_steps or dense or differentiated or forward_mode:
+            return solver.without_substeps()
+        return solver
 
     def without_substeps(self) -> "AutoSwitch":
         """`self` with one explicit step per diffrax step (`substeps=1`). `stiffnode.solve`
