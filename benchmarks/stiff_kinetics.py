@@ -10,8 +10,9 @@ stiff neural ODE trained with them.
    - `network`: Kim et al.'s Robertson neural ODE (3-5x6-3 GELU MLP, 188 parameters, outputs
      scaled per species) at its seed-0 initialisation, the scaled MAE over 50 log-spaced
      times.
-   For BDF, Rodas5P, auto, Kvaerno5 (ours) with `adjoint="recursive"`, `"interpolating"`
-   (at the forward's tolerances, and with the adjoint at rtol 1e-6), `"forward"`
+   For BDF, Rodas5P, auto, Kvaerno5 (ours) with `adjoint="recursive"`, `"sensitivity"`,
+   `"auto"`, `"interpolating"` (at the forward's tolerances, and with the adjoint at rtol
+   1e-6), `"forward"`
    (`jax.jacfwd`), and the anchor diffrax Kvaerno5 + RecursiveCheckpointAdjoint (diffrax's
    own Newton): milliseconds per gradient after compilation, the forward solve's, their
    ratio, and the gradient's relative error against central differences of scipy Radau at
@@ -53,6 +54,7 @@ OURS = ("bdf", "rodas5p", "auto", "kvaerno5")
 ADJOINTS = {
     "recursive": "recursive",
     "sensitivity": "sensitivity",  # forward sensitivities serving jax.grad
+    "auto": "auto",  # sensitivity here (few parameters); AutoSwitch without sub-steps
     "interpolating": "interpolating",  # the adjoint at the forward solve's rtol
     "interpolating(rtol=1e-6)": sn.solvers.InterpolatingAdjoint(rtol=1e-6, atol=ATOL),
     "forward": "forward",
