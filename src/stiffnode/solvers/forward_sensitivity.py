@@ -28,7 +28,9 @@ class ForwardSensitivity(diffrax.ForwardMode):
     reverse. It is the derivative of the discrete solve, as `RecursiveCheckpointAdjoint`'s
     (the step sizes' own dependence on `p` aside, which neither follows), costs about
     `1 + c P` forward solves with no checkpoints (memory `P` times the solver's state,
-    flat in `max_steps`), and pays where `P` is small: see `AUTO_MAX_DIRECTIONS`.
+    flat in `max_steps`), and pays where `P` is small: see `AUTO_MAX_DIRECTIONS`. (A
+    `jax.jvp` along one direction also pays for all `P`: for a few directions among many
+    inputs, `adjoint="forward"`.)
 
     With `stiffnode.solve(adjoint="sensitivity")`; in `diffrax.diffeqsolve` directly it is
     `diffrax.ForwardMode` (forward mode only): wrap the call in `forward_sensitivities`.
@@ -87,6 +89,9 @@ def forward_sensitivities(
         x_leaves = t_def.flatten_up_to(inputs)
         moving = [i for i, t in enumerate(t_leaves) if t is not None]
         p = [jnp.asarray(x_leaves[i]) for i in moving]
+        if not p:  # (nothing differentiated)
+            out = wrapped(inputs)
+            return out, jtu.tree_map(lambda _: None, out)
 
         def run(p_):
             xs = list(x_leaves)
@@ -133,4 +138,3 @@ def forward_sensitivities(
 def _replace_selected(tree, differentiated, values):
     """`tree` (all leaves None) with the part `differentiated` picks set to `values`."""
     return eqx.tree_at(differentiated, tree, values, is_leaf=lambda x: x is None)
-
