@@ -219,7 +219,6 @@ def _eval_proxies(model: ResNet, x, dense: bool = True):
     return out
 
 
-@functools.lru_cache(maxsize=16)
 def _update_fn(config: TrainConfig, static, optimizer: optax.GradientTransformation):
     """The training step of every trial (and of the benchmarks):
     `update(params, opt_state, xb, yb, qb) -> (params, opt_state, loss, next vectors)`, one
@@ -239,8 +238,8 @@ def _update_fn(config: TrainConfig, static, optimizer: optax.GradientTransformat
 
 
 def _build(config: TrainConfig, static, n_train: int):
-    """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation (one per config,
-    model structure and training-set size, so repeated calls reuse the compilation)."""
+    """The jitted, trial-vmapped chunk of `eval_every` epochs + evaluation (built once per
+    `train_trials` call: each chunk of a run reuses its compilation)."""
     num_batches = _num_batches(config, n_train)
     optimizer = _optimizer(config, num_batches)
     total = num_batches * config.batch_size
