@@ -1,5 +1,5 @@
-"""`solvers.dense_lu` (unrolled up to `UNROLLED_MAX_N`, LAPACK above) against numpy's
-LAPACK solve and determinant, with gradients against the closed form
+"""`solvers.dense_lu` (unrolled up to `UNROLLED_MAX_N`, looped up to `LOOPED_MAX_N`, LAPACK
+above) against numpy's LAPACK solve and determinant, with gradients against the closed form
 `d(A^{-1} b)/dA = -A^{-T} w x^T` for the cotangent `w`."""
 
 import jax
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stiffnode.solvers.dense_lu import (
+    LOOPED_MAX_N,
     UNROLLED_MAX_N,
     determinant_is_positive,
     factored_solve,
@@ -17,7 +18,7 @@ from stiffnode.solvers.dense_lu import (
 )
 from stiffnode.solvers.unrolled import rows_sum, set_row, small_matmul
 
-SIZES = [1, 2, 3, 8, UNROLLED_MAX_N, UNROLLED_MAX_N + 1]
+SIZES = [1, 2, 3, 8, UNROLLED_MAX_N, UNROLLED_MAX_N + 1, LOOPED_MAX_N, LOOPED_MAX_N + 1]
 
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
@@ -70,7 +71,7 @@ def test_gradient_and_vmap(n):
     np.testing.assert_allclose(xs, [x, x / 2], rtol=1e-10)
 
 
-@pytest.mark.parametrize("n", [1, 3, UNROLLED_MAX_N, UNROLLED_MAX_N + 1])
+@pytest.mark.parametrize("n", [1, 3, UNROLLED_MAX_N, UNROLLED_MAX_N + 1, LOOPED_MAX_N + 1])
 def test_transposed_solve_and_the_solve_differentiated_as_a_solve(n):
     """`A^{-T} b` against numpy; `factored_solve`'s reverse-mode gradients against the
     closed forms `-A^{-T} w x^T` (matrix) and `A^{-T} w` (right-hand side), its forward mode

@@ -11,24 +11,16 @@ import scipy.linalg
 from scipy.integrate import solve_ivp
 
 import stiffnode as sn
+from _references import LinearClosedForm
 from stiffnode.problems import robertson
 
 A = np.array([[-2.0, 1.0, 0.0], [0.5, -30.0, 2.0], [0.0, 1.0, -1.0]])
 Y0 = np.array([1.0, 0.5, -0.25])
 TS = np.array([0.3, 0.7, 1.0])
 
-
-def linear(t, y, scale):
-    return scale * (jnp.asarray(A, y.dtype) @ y)
-
-
-def exact_gradients(y0, scale):
-    """`L = sum_j sum(y(t_j))` for `y' = scale A y`: `dL/dy0 = sum_j 1^T expm(s A t_j)`,
-    `dL/ds = sum_j 1^T A t_j expm(s A t_j) y0`."""
-    props = [scipy.linalg.expm(scale * A * t) for t in TS]
-    g_y0 = sum(np.ones(3) @ p for p in props)
-    g_s = sum(np.ones(3) @ (A * t) @ p @ y0 for p, t in zip(props, TS, strict=True))
-    return g_y0, g_s
+LINEAR = LinearClosedForm(A, TS)
+linear = LINEAR.field
+exact_gradients = LINEAR.exact_gradients
 
 
 @pytest.mark.x64

@@ -500,7 +500,8 @@ def solve(
             chooses its steps: `solvers.SolverStepController`, the default for BDF/NDF and
             Rodas3), or a diffrax controller. BDF/NDF and Rodas3 work with any of them;
             their work is counted under every adaptive one.
-        adjoint: `"recursive"` (backprop through the solver, recursive checkpointing: the
+        adjoint: how gradients are taken; for gradients pass `"auto"` (below).
+            `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve; every step checkpointed when
             `max_steps` of them fit in `CHECKPOINT_BYTES`, so a `max_steps` near the
             steps needed makes the gradient faster), `"interpolating"`
