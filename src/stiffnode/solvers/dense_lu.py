@@ -70,7 +70,7 @@ def _factor_unrolled(a: Array) -> LUFactors:
     return LUFactors(a, jnp.asarray(pivots, dtype=jnp.int32).reshape(n), perm)
 
 
-def _factor_looped(a: Array) -> LUFactors:
+def _factor_looped(a: Array) -> tuple[Array, Array, Array]:
     """`_factor_unrolled`'s row operations, one elimination step per `fori_loop` iteration."""
     n = a.shape[0]
     rows = jnp.arange(n, dtype=jnp.int32)
@@ -95,7 +95,8 @@ def _factor_looped(a: Array) -> LUFactors:
 
 
 def lu_factor(a: Float[Array, "n n"]) -> LUFactors:
-    """`A[perm] = L U`, by partial pivoting (unrolled up to `UNROLLED_MAX_N`)."""
+    """`A[perm] = L U`, by partial pivoting (unrolled up to `UNROLLED_MAX_N`, looped up to
+    `LOOPED_MAX_N`)."""
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"lu_factor needs a square matrix, got shape {a.shape}")
     if a.shape[0] <= UNROLLED_MAX_N:
@@ -111,8 +112,8 @@ def _factor_lapack(a):
 
 
 def _looped_unless_batched(looped: Callable, lapack: Callable) -> Callable:
-    """`looped(*args)`; under `vmap`, `lapack` vmapped (LAPACK's batched calls: a vmapped
-    256-member POLLU BDF ensemble took 247 ms with them, 339-370 ms with the loops)."""
+    """`looped(*args)`; under `vmap`, `lapack` vmapped (LAPACK's batched calls; see the
+    module's docstring for why)."""
 
     @custom_batching.custom_vmap
     def call(*args):
@@ -146,14 +147,7 @@ def lu_solve(factors: LUFactors, b: Float[Array, " n"]) -> Float[Array, " n"]:
         return _solve_lapack(lu, factors.perm, b)
     if n > UNROLLED_MAX_N:
         return _looped_unless_batched(_solve_looped, _solve_lapack)(lu, factors.perm, b)
-    x = b[factors.perm]
-    rows = jnp.arange(n)
-    for k in range(n - 1):
-        x = x - jnp.where(rows > k, lu[:, k], 0) * x[k]
-    for k in reversed(range(n)):
-        xk = x[k] / lu[k, k]
-        x = jnp.where(rows == k, xk, x - jnp.where(rows < k, lu[:, k], 0) * xk)
-    return x
+    return _solve_looped(lu, factors.perm, b, unroll=True)
 
 
 def _solve_lapack(lu, perm, b):
@@ -161,7 +155,8 @@ def _solve_lapack(lu, perm, b):
     return jsl.solve_triangular(lu, z, lower=False)
 
 
-def _solve_looped(lu, perm, b):
+def _solve_looped(lu, perm, b, unroll: bool = False):
+    """The solve by row operations: in `fori_loop`s, or written out (`unroll`)."""
     n = lu.shape[0]
     rows = jnp.arange(n)
 
@@ -173,7 +168,14 @@ def _solve_looped(lu, perm, b):
         xk = x[k] / lu[k, k]
         return jnp.where(rows == k, xk, x - jnp.where(rows < k, lu[:, k], 0) * xk)
 
-    x = jax.lax.fori_loop(0, n - 1, forward, b[perm])
+    x = b[perm]
+    if unroll:
+        for k in range(n - 1):
+            x = forward(k, x)
+        for j in range(n):
+            x = backward(j, x)
+        return x
+    x = jax.lax.fori_loop(0, n - 1, forward, x)
     return jax.lax.fori_loop(0, n, backward, x)
 
 
