@@ -37,6 +37,7 @@ from .solvers import (
     initial_step_size,
     solver_stats_of,
 )
+from .solvers.forward_sensitivity import real_size
 from .solvers.stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]
@@ -418,8 +419,7 @@ def _recursive_checkpoints(y0, max_steps: int) -> int | None:
 
 def _differentiable_size(tree) -> int:
     """Real numbers in the inexact arrays of `tree` (a complex number counts twice)."""
-    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
-    return sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in leaves)
+    return sum(map(real_size, jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))))
 
 
 def _adjoint(adjoint, y0, args, terms, max_steps: int, rtol, atol):

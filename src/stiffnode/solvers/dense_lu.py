@@ -102,7 +102,7 @@ def lu_factor(a: Float[Array, "n n"]) -> LUFactors:
     if a.shape[0] <= UNROLLED_MAX_N:
         return _factor_unrolled(a)
     if a.shape[0] <= LOOPED_MAX_N:
-        return LUFactors(*_looped_unless_batched(_factor_looped, _factor_lapack)(a))
+        return LUFactors(*_FACTOR_LOOPED(a))
     return LUFactors(*_factor_lapack(a))
 
 
@@ -146,7 +146,7 @@ def lu_solve(factors: LUFactors, b: Float[Array, " n"]) -> Float[Array, " n"]:
     if n > LOOPED_MAX_N:
         return _solve_lapack(lu, factors.perm, b)
     if n > UNROLLED_MAX_N:
-        return _looped_unless_batched(_solve_looped, _solve_lapack)(lu, factors.perm, b)
+        return _SOLVE_LOOPED(lu, factors.perm, b)
     return _solve_looped(lu, factors.perm, b, unroll=True)
 
 
@@ -193,8 +193,7 @@ def lu_solve_transposed(factors: LUFactors, b: Float[Array, " n"]) -> Float[Arra
     if n > LOOPED_MAX_N:
         return _solve_transposed_lapack(lu, factors.perm, b)
     if n > UNROLLED_MAX_N:
-        solve = _looped_unless_batched(_solve_transposed_looped, _solve_transposed_lapack)
-        return solve(lu, factors.perm, b)
+        return _SOLVE_TRANSPOSED_LOOPED(lu, factors.perm, b)
     return _solve_transposed_looped(lu, factors.perm, b, unroll=True)
 
 
@@ -230,6 +229,14 @@ def _solve_transposed_looped(lu, perm, b, unroll: bool = False):
     # function on XLA:CPU): x_i = sum_k [perm_k = i] z_k, written out.
     hits = perm[:, None] == rows[None, :].astype(perm.dtype)
     return rows_sum(jnp.where(hits, z[:, None], 0))
+
+
+# The dispatchers, built once (each a custom_vmap under a custom_jvp).
+_FACTOR_LOOPED = _looped_unless_batched(_factor_looped, _factor_lapack)
+_SOLVE_LOOPED = _looped_unless_batched(_solve_looped, _solve_lapack)
+_SOLVE_TRANSPOSED_LOOPED = _looped_unless_batched(
+    _solve_transposed_looped, _solve_transposed_lapack
+)
 
 
 def factored_solve(

@@ -39,12 +39,17 @@ class ForwardSensitivity(diffrax.ForwardMode):
     """
 
 
+def real_size(x) -> int:
+    """Real numbers in the array `x` (a complex number counts twice)."""
+    return x.size * (2 if jnp.iscomplexobj(x) else 1)
+
+
 def _directions(leaves: list) -> tuple[int, list]:
     """The number `P` of real directions over `leaves` and, per leaf, `(offset, complex)`."""
     offsets, total = [], 0
     for x in leaves:
         offsets.append((total, jnp.iscomplexobj(x)))
-        total += x.size * (2 if jnp.iscomplexobj(x) else 1)
+        total += real_size(x)
     return total, offsets
 
 
