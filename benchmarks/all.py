@@ -33,7 +33,7 @@ BENCHMARKS = (
     ("stiff_solvers_ensembles", ["stiff_solvers.py", "--only", "ensembles"],
      ["stiff_solvers.py", "--only", "ensembles", "--repeats", "1", "--ensemble-size", "128"]),
     ("stiff_kinetics", ["stiff_kinetics.py"],
-     ["stiff_kinetics.py", "--epochs", "0", "--problems", "robertson_rates", "--solvers",
+     ["stiff_kinetics.py", "--training-minutes", "0", "--problems", "robertson_rates", "--solvers",
       "bdf", "rodas5p", "--no-anchor", "--no-memory"]),
     ("auto_switching", ["auto_switching.py"],
      ["auto_switching.py", "--problems", "vdp_1e3", "robertson", "hires", "--repeats", "2",

@@ -1,12 +1,16 @@
 """Learning through stiff dynamics: gradients through stiffnode's solvers and Kim et al.'s
 stiff neural ODE trained with them.
 
-1. Gradient accuracy and cost, three problems at rtol 1e-8 (atol 1e-12):
+1. Gradient accuracy and cost at rtol 1e-8 (atol 1e-12):
    - `robertson_rates`: Robertson with its three log rate constants as parameters
      (perturbed by +-10%), the loss `sum_j sum_i y_i(t_j)^2 w_i` over 24 log-spaced times
      1e-5..1e5 (`w` = 1 / each species' largest value squared);
    - `pollu_rates`: POLLU's 25 log rate constants (+-10%), the same loss at 20 times in
      (0, 60];
+   - `vdp_mu`: van der Pol at `mu` = 1.1e3 on [0, 3000], `log mu` the parameter, the same
+     loss at 20 times 150..3000 (Radau differences as above);
+   - `linear_eigenvalues`: `y' = A y` with eigenvalues -1.1, -90, -1.1e4, -9e5, their logs
+     the parameters, the same loss at 20 log-spaced times 1e-7..10 (closed-form gradient);
    - `network`: Kim et al.'s Robertson neural ODE (3-5x6-3 GELU MLP, 188 parameters, outputs
      scaled per species) at its seed-0 initialisation, the scaled MAE over 50 log-spaced
      times.
@@ -15,13 +19,13 @@ stiff neural ODE trained with them.
    1e-6), `"forward"`
    (`jax.jacfwd`), and the anchor diffrax Kvaerno5 + RecursiveCheckpointAdjoint (diffrax's
    own Newton): milliseconds per gradient after compilation, the forward solve's, their
-   ratio, and the gradient's relative error against central differences of scipy Radau at
-   rtol 1e-12 (the rate problems).
-2. Training Kim et al.'s Robertson experiment (AdamW 5e-3) for `--epochs` epochs from the
-   same initialisation with each solver: seconds per epoch and the loss reached.
+   ratio, and the gradient's relative error against the reference (all but `network`).
+2. Training Kim et al.'s Robertson experiment (`stiffnode fit-kinetics`'s settings) through
+   BDF, Rodas5P and the anchor until their reported loss 5e-3 or `--training-minutes`
+   each: epochs, seconds, the first epoch at the target.
 
 Writes `benchmarks/results/stiff_kinetics.json` (`--out` another name under results/).
-Float64. Run: `python benchmarks/stiff_kinetics.py [--epochs 1000] [--problems ...]
+Float64. Run: `python benchmarks/stiff_kinetics.py [--training-minutes 10] [--problems ...]
 [--solvers ...] [--no-anchor] [--no-memory]`.
 """
 
@@ -33,6 +37,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
@@ -45,7 +50,8 @@ import stiffnode as sn  # noqa: E402
 from _common import RESULTS, environment  # noqa: E402
 from stiffnode.checkpoints import write_text  # noqa: E402
 from stiffnode.node import stiff_kinetics as sk  # noqa: E402
-from stiffnode.problems import pollu, robertson  # noqa: E402
+from stiffnode.problems import pollu, robertson, van_der_pol  # noqa: E402
+from stiffnode.studies.stiff_kinetics import TARGETS  # noqa: E402
 
 OUT = Path(RESULTS)
 RTOL, ATOL = 1e-8, 1e-12
@@ -107,17 +113,7 @@ def rates_problem(problem, times, perturb):
     def field(t, y, log_k):
         return problem.vector_field(t, y, jnp.exp(log_k))
 
-    def loss_of(ys):
-        return jnp.sum(ys**2 * weights)
-
-    def ours(log_k, solver, adjoint):
-        sol = sn.solve(field, jnp.asarray(problem.y0), 0.0, t_end, solver=solver, args=log_k,
-                       rtol=RTOL, atol=ATOL, saveat=times, adjoint=adjoint,
-                       max_steps=MAX_STEPS)  # fmt: skip
-        return loss_of(sol.ys)
-
-    def anchor(log_k):
-        return loss_of(anchor_predict(field, jnp.asarray(problem.y0), times, t_end, log_k))
+    ours, anchor = weighted_square_loss(field, problem.y0, times, weights)
 
     def radau(log_k):
         return float(np.sum(radau_ys(log_k) ** 2 * np.asarray(weights)))
@@ -127,6 +123,22 @@ def rates_problem(problem, times, perturb):
     return jnp.asarray(log_k0), ours, anchor, reference
 
 
+def weighted_square_loss(field, y0, times, weights):
+    """`(ours, anchor)`: `p -> sum_j sum_i y_i(t_j)^2 w_i` of the solve of `dy/dt =
+    field(t, y, p)` from `y0` at `t = 0`, through `sn.solve(solver, adjoint)` or the anchor."""
+    t_end, y0 = float(times[-1]), jnp.asarray(y0)
+
+    def ours(p, solver, adjoint):
+        sol = sn.solve(field, y0, 0.0, t_end, solver=solver, args=p, rtol=RTOL, atol=ATOL,
+                       saveat=times, adjoint=adjoint, max_steps=MAX_STEPS)  # fmt: skip
+        return jnp.sum(sol.ys**2 * weights)
+
+    def anchor(p):
+        return jnp.sum(anchor_predict(field, y0, times, t_end, p) ** 2 * weights)
+
+    return ours, anchor
+
+
 def robertson_rates():
     return rates_problem(robertson(), np.logspace(-5, 5, 24), np.array([1.1, 0.9, 1.1]))
 
@@ -134,6 +146,41 @@ def robertson_rates():
 def pollu_rates():
     perturb = np.where(np.arange(25) % 2 == 0, 1.1, 0.9)
     return rates_problem(pollu(), np.linspace(0.0, 60.0, 21)[1:], perturb)
+
+
+def vdp_mu():
+    """Van der Pol at `mu = 1.1e3` on [0, 3000] (about 1.7 relaxation periods), `log mu` the
+    parameter, the loss at 20 times 150..3000."""
+    vdp = van_der_pol(1e3)
+    first = lambda fn: lambda t, y, mu: fn(t, y, mu[0])  # noqa: E731 (mu as a 1-vector)
+    problem = SimpleNamespace(y0=vdp.y0, args=np.array([1e3]),
+                              vector_field=first(vdp.vector_field),
+                              numpy_rhs=first(vdp.numpy_rhs), numpy_jac=first(vdp.numpy_jac))
+    return rates_problem(problem, np.linspace(150.0, 3000.0, 20), np.array([1.1]))
+
+
+def linear_eigenvalues():
+    """`y' = A y`, `A = V diag(lambda) V^-1` with `lambda` about -1, -1e2, -1e4, -1e6 and a
+    fixed well-conditioned `V`; the parameters `log(-lambda)`, the loss at 20 log-spaced
+    times 1e-7..10. Reference: the closed form `y(t) = V exp(lambda t) V^-1 y0` and its
+    derivative `dy/dtheta_k = V_k c_k lambda_k t exp(lambda_k t)`, `c = V^-1 y0`."""
+    lam0 = -np.array([1.0, 1e2, 1e4, 1e6]) * np.array([1.1, 0.9, 1.1, 0.9])
+    v = np.eye(4) + 0.3 * np.cos(np.arange(16.0)).reshape(4, 4)
+    v_inv, y0 = np.linalg.inv(v), np.array([1.0, 0.5, -0.5, 0.25])
+    c, times = v_inv @ y0, np.logspace(-7, 1, 20)
+    modes = np.exp(np.outer(times, lam0)) * c  # (time, mode)
+    ys = modes @ v.T
+    weights = 1.0 / np.max(np.abs(ys), axis=0) ** 2
+    # d ys[j, i] / d theta_k = v[i, k] c_k lambda_k t_j exp(lambda_k t_j)
+    dys = np.einsum("ik,jk->jik", v, modes * lam0 * times[:, None])
+    reference = np.einsum("ji,jik->k", 2.0 * ys * weights, dys)
+    v_j, v_inv_j = jnp.asarray(v), jnp.asarray(v_inv)
+
+    def field(t, y, theta):
+        return v_j @ (-jnp.exp(theta) * (v_inv_j @ y))
+
+    ours, anchor = weighted_square_loss(field, y0, times, jnp.asarray(weights))
+    return jnp.asarray(np.log(-lam0)), ours, anchor, reference
 
 
 def network_problem():
@@ -157,8 +204,8 @@ def network_problem():
     return flat, ours, anchor, None
 
 
-PROBLEMS = {"robertson_rates": robertson_rates, "pollu_rates": pollu_rates,
-            "network": network_problem}  # fmt: skip
+PROBLEMS = {"robertson_rates": robertson_rates, "pollu_rates": pollu_rates, "vdp_mu": vdp_mu,
+            "linear_eigenvalues": linear_eigenvalues, "network": network_problem}  # fmt: skip
 
 
 def gradient_costs(problems=tuple(PROBLEMS), solvers=OURS, anchor_too=True) -> dict:
@@ -227,26 +274,43 @@ def adjoint_memory() -> dict:
     return rows
 
 
-def training(epochs: int) -> dict:
+TRAINING = {
+    "bdf": dict(solver="bdf"),
+    "rodas5p": dict(solver="rodas5p"),
+    "diffrax Kvaerno5 + RecursiveCheckpointAdjoint": dict(
+        solver=diffrax.Kvaerno5(), adjoint=diffrax.RecursiveCheckpointAdjoint()),
+}  # fmt: skip
+
+
+def training(minutes: float) -> dict:
+    """Kim et al.'s Robertson experiment as `stiffnode fit-kinetics` runs it (seed 0, Glorot
+    initialisation, AdamW 5e-3, `predict`'s tolerances) through each of `TRAINING` until
+    the scaled MAE 5e-3 or `minutes` of training."""
     data = sk.kinetics_data("robertson")
     field = sk.kinetics_model(data, key=jax.random.PRNGKey(0), width=5, depth=6)
+    target = TARGETS["robertson"]
     runs = {}
-    for solver in ("bdf", "rodas5p", "kvaerno5"):
-        fit = sk.fit_kinetics(field, data, epochs=epochs, epochs_per_record=epochs,
-                              solver=solver)  # fmt: skip
-        runs[solver] = {
+    for label, options in TRAINING.items():
+        fit = sk.fit_kinetics(field, data, epochs=50_000, epochs_per_record=500, target=target,
+                              max_seconds=60.0 * minutes, **options)  # fmt: skip
+        loss = fit.history["loss"]
+        reached = np.flatnonzero(loss <= target)
+        runs[label] = {
             "epochs": fit.epochs, "seconds_with_compilation": fit.seconds,
-            "final_loss": float(fit.history["loss"][-1]),
-            "loss_every_100": fit.history["loss"][::100].tolist(),
+            "ms_per_epoch": 1e3 * fit.seconds / fit.epochs, "lowest_loss": float(loss.min()),
+            "first_epoch_at_target": int(reached[0]) if reached.size else None,
+            "loss_every_500": loss[::500].tolist(),
         }  # fmt: skip
-        print(solver, json.dumps(runs[solver]), flush=True)
-    return runs
+        print(label, json.dumps({k: v for k, v in runs[label].items() if k[0] != "l"}),
+              flush=True)  # fmt: skip
+    return {"target": target, "max_minutes": minutes, "runs": runs}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=1000, help="0: no training section")
-    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
+    parser.add_argument("--training-minutes", type=float, default=10.0,
+                        help="per solver; 0: no training section")
+    parser.add_argument("--problems", nargs="*", choices=list(PROBLEMS), default=list(PROBLEMS))
     parser.add_argument("--solvers", nargs="+", choices=OURS, default=list(OURS))
     parser.add_argument("--no-anchor", action="store_true", help="skip diffrax's Kvaerno5")
     parser.add_argument("--no-memory", action="store_true", help="skip adjoint_memory")
@@ -256,7 +320,7 @@ def main():
         "rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS,
         "gradients": gradient_costs(args.problems, args.solvers, not args.no_anchor),
         "adjoint_memory": None if args.no_memory else adjoint_memory(),
-        "training": training(args.epochs) if args.epochs else None,
+        "training": training(args.training_minutes) if args.training_minutes else None,
         "environment": environment(),
     }  # fmt: skip
     path = OUT / args.out

@@ -44,6 +44,23 @@ def test_pollu_data_and_bad_problem():
         sk.kinetics_data("oregonator")
 
 
+def test_initialisations(robertson):
+    """`init="glorot"` (Kim et al.'s Flux `Dense`): zero biases and weights within
+    `sqrt(6 / (fan_in + fan_out))`, spread over most of that range; `"equinox"`: nonzero
+    biases within `1/sqrt(fan_in)`; anything else a clear error."""
+    glorot = sk.kinetics_model(robertson, key=jax.random.key(0), width=5, depth=6)
+    for layer in glorot.net.layers:
+        limit = np.sqrt(6.0 / sum(layer.weight.shape))
+        assert float(jnp.max(jnp.abs(layer.bias))) == 0.0
+        assert 0.5 * limit < float(jnp.max(jnp.abs(layer.weight))) <= limit
+    plain = sk.kinetics_model(robertson, key=jax.random.key(0), width=5, depth=6, init="equinox")
+    for layer in plain.net.layers:
+        bound = 1.0 / np.sqrt(layer.weight.shape[1])
+        assert 0.0 < float(jnp.max(jnp.abs(layer.bias))) <= bound
+    with pytest.raises(ValueError, match="init must be"):
+        sk.kinetics_model(robertson, key=jax.random.key(0), width=5, depth=6, init="he")
+
+
 def test_gradient_against_finite_differences_of_radau(robertson):
     """d(scaled MAE)/d(params) along a random direction: autodiff through Rodas5P at
     rtol 1e-9 against central differences (step 1e-4 relative) of scipy Radau solves at

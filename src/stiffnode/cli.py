@@ -114,6 +114,9 @@ def _add_fit_kinetics_parser(commands):
     fit.add_argument("--learning-rate", type=_positive_float, default=5e-3,
                      help="AdamW's learning rate (default 5e-3)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fit.add_argument("--init", choices=("glorot", "equinox"), default="glorot",
+                     help="the network's initial weights: glorot (zero biases, as Kim et "
+                     "al.'s Flux) or equinox's default (default glorot)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -309,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
         summary = run_fit(args.problem, args.out, epochs=args.epochs, solver=args.solver,
                           learning_rate=args.learning_rate, seed=args.seed,
-                          max_minutes=args.minutes, progress=not args.quiet)
+                          init=args.init, max_minutes=args.minutes, progress=not args.quiet)
         print(json.dumps(summary, indent=2))
         print(f"wrote {Path(args.out) / 'summary.json'}")
     elif args.command == "flow" and args.race is not None:

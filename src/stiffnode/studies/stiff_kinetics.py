@@ -34,21 +34,23 @@ def run_fit(
     solver: str = "bdf",
     learning_rate: float = 5e-3,
     seed: int = 0,
+    init: Literal["glorot", "equinox"] = "glorot",
     max_minutes: float | None = None,
     target: float | None = None,
     epochs_per_record: int = 500,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Kim et al.'s experiment on `problem` (`sk.EXPERIMENTS`: data, network, optimizer),
-    trained with `solver` until the scaled MAE `target` (default `TARGETS[problem]`),
-    `epochs` or `max_minutes`; returns the summary written to `out/summary.json`."""
+    the network initialised by `init` (`sk.kinetics_model`), trained with `solver` until
+    the scaled MAE `target` (default `TARGETS[problem]`), `epochs` or `max_minutes`;
+    returns the summary written to `out/summary.json`."""
     if problem not in TARGETS:
         raise ValueError(f"unknown problem {problem!r}; use one of {sorted(TARGETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = TARGETS[problem] if target is None else target
     settings = {"problem": problem, "solver": solver, "learning_rate": learning_rate,
-                "seed": seed}  # fmt: skip
+                "seed": seed, "init": init}  # fmt: skip
     earlier = checkpoints.read_json_or_set_aside(out / "settings.json", None)
     if earlier is not None and earlier != settings and (out / "checkpoint.npz").exists():
         raise ValueError(f"{out} holds a run with other settings ({earlier}); use another "
@@ -57,7 +59,7 @@ def run_fit(
     setting = sk.EXPERIMENTS[problem]
     data = sk.kinetics_data(problem)
     field = sk.kinetics_model(data, key=jax.random.PRNGKey(seed), width=setting["width"],
-                              depth=setting["depth"])  # fmt: skip
+                              depth=setting["depth"], init=init)  # fmt: skip
     fit = sk.fit_kinetics(
         field,
         data,
@@ -81,7 +83,7 @@ def run_fit(
         "learning_rate": learning_rate,
         "seed": seed,
         "network": {"width": setting["width"], "hidden_layers": setting["depth"],
-                    "activation": "gelu"},  # fmt: skip
+                    "activation": "gelu", "init": init},  # fmt: skip
         "grad_norm": setting["grad_norm"],
         "target": target,
         "epochs": fit.epochs,
