@@ -87,6 +87,13 @@ _SOLVER_FACTORIES: dict[str, Callable[[], diffrax.AbstractSolver]] = {
 SOLVERS: tuple[str, ...] = tuple(_SOLVER_FACTORIES)
 """The solver names `solve` accepts (case-insensitive)."""
 
+SELF_CONTROLLED: tuple[str, ...] = tuple(
+    name for name, make in _SOLVER_FACTORIES.items()
+    if isinstance(make(), AbstractSelfControlledSolver)
+)  # fmt: skip
+"""The names of the solvers that can choose their own steps (`stepsize_controller="solver"`)
+and report them to any controller: `solvers.AbstractSelfControlledSolver`'s."""
+
 _ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "recursive": diffrax.RecursiveCheckpointAdjoint,
     "backsolve": diffrax.BacksolveAdjoint,
@@ -290,7 +297,7 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
     """The diffrax step-size controller, and the jump times it steps onto (or None).
 
     `times`: `(t0, t1, dt0)` as the caller gave them and the time dtype. An adaptive
-    controller of a self-controlled solver (BDF, Rodas3) is wrapped so that it counts the
+    controller of a self-controlled solver (`SELF_CONTROLLED`) is wrapped so that it counts the
     solver's work (`solvers.CountingController`), unless it does already.
     """
     t0, t1, dt0, dtype = times
@@ -307,7 +314,8 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
         if _reports(stepsize_controller) and not self_controlled:
             raise ValueError(
                 f"{type(stepsize_controller).__name__} reads the step reports of stiffnode's "
-                f"self-controlled solvers (BDF, Rodas3), not {type(solver).__name__}: use a "
+                f"self-controlled solvers ({', '.join(SELF_CONTROLLED)}), not "
+                f"{type(solver).__name__}: use a "
                 "diffrax controller such as diffrax.PIDController"
             )
         return counted(stepsize_controller), getattr(stepsize_controller, "jump_ts", None)
@@ -327,7 +335,8 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
         if not self_controlled:
             raise ValueError(
                 f"stepsize_controller='solver' needs a solver that chooses its own steps "
-                f"(bdf, ndf, rodas3), not {type(solver).__name__}: use 'pid' or 'constant'"
+                f"({', '.join(SELF_CONTROLLED)}), not {type(solver).__name__}: use 'pid' or "
+                "'constant'"
             )
         controller = SolverStepController(rtol=rtol, atol=atol)
     elif stepsize_controller == "pid":
@@ -340,7 +349,7 @@ def _controller(stepsize_controller, solver, rtol, atol, times, jump_ts, max_ste
     else:
         raise ValueError(
             f"unknown stepsize_controller {stepsize_controller!r}; use 'pid', 'constant', "
-            "'solver' (BDF, NDF, Rodas3) or a diffrax.AbstractStepSizeController"
+            f"'solver' ({', '.join(SELF_CONTROLLED)}) or a diffrax.AbstractStepSizeController"
         )
     if jump_ts is None or np.size(jump_ts) == 0:
         return counted(controller), None
@@ -497,9 +506,9 @@ def solve(
         max_steps: step budget (accepted plus rejected); exhausting it is an error.
         stepsize_controller: `"pid"` (default when the solver has an error estimate),
             `"constant"` (fixed steps of `dt0`; default otherwise), `"solver"` (the solver
-            chooses its steps: `solvers.SolverStepController`, the default for BDF/NDF and
-            Rodas3), or a diffrax controller. BDF/NDF and Rodas3 work with any of them;
-            their work is counted under every adaptive one.
+            chooses its steps: `solvers.SolverStepController`, the default for the
+            `SELF_CONTROLLED` solvers), or a diffrax controller. Those work with any of
+            them; their work is counted under every adaptive one.
         adjoint: how gradients are taken; for gradients pass `"auto"` (below).
             `"recursive"` (backprop through the solver, recursive checkpointing: the
             exact gradient of the discrete solve; every step checkpointed when

@@ -18,7 +18,7 @@ from .jump_aware import JumpAwareSolver
 from .rosenbrock import (
     RODAS3,
     RODAS5P,
-    ROSENBROCK23,
+    AbstractRodas,
     AbstractRosenbrock,
     Rodas3,
     Rodas5P,
@@ -54,8 +54,8 @@ __all__ = [
     "FROM_CONTROLLER",
     "RODAS3",
     "RODAS5P",
-    "ROSENBROCK23",
     "STAT_KEYS",
+    "AbstractRodas",
     "AbstractRosenbrock",
     "AbstractSelfControlledSolver",
     "BDFController",

@@ -42,6 +42,7 @@ from .batching import lazy_cond
 from .dense_lu import UNROLLED_MAX_N, LUFactors, factored_solve, lu_factor, lu_solve
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
+from .step_interpolation import AbstractStepInterpolation
 from .unrolled import rows_sum, set_row, small_matmul
 
 MAX_ORDER = 5
@@ -121,7 +122,7 @@ class BDFState(eqx.Module):
     newton: _NewtonMatrix
 
 
-class BDFInterpolation(diffrax.AbstractLocalInterpolation):
+class BDFInterpolation(AbstractStepInterpolation):
     """Dense output on `[t0, t1]`: the step's interpolating polynomial in
     backward-difference form, `y(t) = D_0 + sum_{j=1..k} D_j prod_{m<j} (t - t1 + m h) / ((m+1) h)`.
     """
@@ -145,12 +146,6 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
             return rows_sum(w * d)
 
         return jax.tree.map(combine, self.D)
-
-    def evaluate(self, t0, t1=None, left: bool = True):
-        del left
-        if t1 is None:
-            return self._value(t0)
-        return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
 
 
 def _start_differences(fn, t0, y0, h):

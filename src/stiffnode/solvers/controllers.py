@@ -58,7 +58,8 @@ def _report(y_error, controller) -> StepReport:
     if not isinstance(y_error, StepReport):
         raise TypeError(
             f"{type(controller).__name__} reads the step reports of stiffnode's "
-            "self-controlled solvers (stiffnode.solvers.BDF, Rodas3); with another solver "
+            "self-controlled solvers (subclasses of stiffnode.solvers."
+            "AbstractSelfControlledSolver: BDF, the Rosenbrock methods); with another solver "
             f"(here one returning an error estimate of type {type(y_error).__name__}) use a "
             "diffrax controller such as diffrax.PIDController"
         )

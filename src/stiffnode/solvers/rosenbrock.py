@@ -30,6 +30,7 @@ non-positive `det(I - h gamma J)` (positive for small `h`; it changes sign as an
 of `h gamma J` crosses 1), read off the LU factors.
 """
 
+import abc
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -43,6 +44,7 @@ from jaxtyping import Array, PyTree
 from .dense_lu import determinant_is_positive, factored_solve, lu_factor
 from .krylov import gmres
 from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances, FlatField
+from .step_interpolation import AbstractStepInterpolation
 
 MIN_FACTOR = 0.2
 MAX_FACTOR = 6.0
@@ -227,7 +229,7 @@ RODAS5P_DENSE = np.array(
 )
 
 
-class RodasInterpolation(diffrax.AbstractLocalInterpolation):
+class RodasInterpolation(AbstractStepInterpolation):
     """`y(t0 + s h) = (1 - s) y0 + s (y1 + (1 - s) (d_0 + s (d_1 + s d_2)))` on `[t0, t1]`
     (the dense output of the Rodas family; `d` has a leading axis of 3)."""
 
@@ -246,12 +248,6 @@ class RodasInterpolation(diffrax.AbstractLocalInterpolation):
 
         return jax.tree.map(one, self.y0, self.y1, self.d)
 
-    def evaluate(self, t0, t1=None, left: bool = True):
-        del left
-        if t1 is None:
-            return self._value(t0)
-        return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
-
 
 class RosenbrockState(eqx.Module):
     """`f(t0, y0)` (flat, real), carried from the last step's `f(t1, y1)`; zeros with
@@ -262,7 +258,8 @@ class RosenbrockState(eqx.Module):
 
 
 class AbstractRosenbrock(AbstractSelfControlledSolver):
-    """A Rosenbrock method given by its `tableau` (module docstring), with a dense output.
+    """A Rosenbrock method (module docstring) with a dense output: the step (Jacobian, LU or
+    GMRES, error control, stability guard) around a method's stages (`_stages`).
 
     Works under any diffrax step-size controller; `SolverStepController(rtol, atol)` also
     counts its work. Under fixed steps no tolerances are needed with `linear_solver="lu"`.
@@ -283,7 +280,6 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: eqx.AbstractClassVar[Callable[..., diffrax.AbstractLocalInterpolation]]
-    tableau: eqx.AbstractClassVar[RosenbrockTableau]
 
     linear_solver: Literal["lu", "gmres"] = eqx.field(default="lu", static=True)
     gmres_rtol: float = eqx.field(default=1e-6, static=True)
@@ -298,11 +294,30 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         if not (isinstance(self.gmres_rtol, float | int) and 0 < self.gmres_rtol < 1):
             raise ValueError(f"gmres_rtol must be in (0, 1), got {self.gmres_rtol!r}")
 
-    def order(self, terms):
-        return self.tableau.order
+    @abc.abstractmethod
+    def order(self, terms) -> int:
+        """The method's order."""
 
-    def error_order(self, terms):
-        return self.tableau.error_order
+    @abc.abstractmethod
+    def error_order(self, terms) -> int:
+        """The order of the error estimate: `min(order, embedded order) + 1`."""
+
+    @abc.abstractmethod
+    def _gamma(self) -> float:
+        """`gamma` of the stage systems `(I - h gamma J) K = h gamma r`."""
+
+    @abc.abstractmethod
+    def _stages(self, fn, t0, t1, flat_y0, f0, f_t, h, solve):
+        """`(y1, error estimate, f(t1, y1), stages K, JVPs used)`; `solve(r)` is
+        `((I - h gamma J)^{-1} (h gamma r), JVPs used)`, `f_t` is `df/dt(t0, y0)`."""
+
+    @abc.abstractmethod
+    def _evals_per_attempt(self) -> int:
+        """Evaluations of f per step attempt, `f(t1, y1)` (the next step's first) included."""
+
+    @abc.abstractmethod
+    def _dense_info(self, fn, y0, y1, h, f0, f1, ks) -> dict:
+        """What `interpolation_cls` is built from (besides t0, t1), in solver time."""
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -318,7 +333,6 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state: RosenbrockState, made_jump):
         fn, flat_y0 = FlatField.of(terms, t0, t1, y0, args)
-        tab = self.tableau
         dtype = flat_y0.dtype
         tdtype = jnp.result_type(t0, t1)
         rtol, atol, norm = (
@@ -343,7 +357,7 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
             t0_ = jnp.asarray(t0, tdtype)
             f_t = jax.jvp(lambda t: fn(t, flat_y0), (t0_,), (jnp.ones_like(t0_),))[1]
             num_jvp = num_jvp + 1
-        c = h * float(tab.gamma)  # the systems are (I - c J) K = c rhs
+        c = h * float(self._gamma())  # the systems are (I - c J) K = c rhs
         stable = jnp.array(True)
         if self.linear_solver == "lu":
             jac = jax.jacfwd(lambda y: fn(t0, y))(flat_y0)
@@ -380,7 +394,7 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
             error_norm = jax.lax.stop_gradient(norm(err / scale))
             finite = jnp.isfinite(error_norm) & ~failed
             accepted = finite & (error_norm <= 1)
-            factor = SAFETY * error_norm ** (-1.0 / tab.error_order)
+            factor = SAFETY * error_norm ** (-1.0 / self.error_order(terms))
             factor = jnp.where(finite, factor, MIN_FACTOR)
             factor = jnp.clip(factor, MIN_FACTOR, jnp.where(accepted, MAX_FACTOR, 1.0))
         else:
@@ -391,7 +405,7 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
             failed=failed,
             accepted=accepted,
             next_dt=jnp.asarray(t1 - t0, tdtype) * factor.astype(tdtype),
-            order=tab.order,
+            order=self.order(terms),
             counts=(fresh + self._evals_per_attempt(), lu, num_jvp, lu, 0, 0, 0),
             tdtype=tdtype,
             setup_vf_evals=int(self.linear_solver == "lu"),
@@ -401,9 +415,22 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         new_state = RosenbrockState(f1)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
+
+class AbstractRodas(AbstractRosenbrock):
+    """A Rosenbrock method given by its `tableau` (the module docstring's form)."""
+
+    tableau: eqx.AbstractClassVar[RosenbrockTableau]
+
+    def order(self, terms) -> int:
+        return self.tableau.order
+
+    def error_order(self, terms) -> int:
+        return self.tableau.error_order
+
+    def _gamma(self) -> float:
+        return self.tableau.gamma
+
     def _stages(self, fn, t0, t1, flat_y0, f0, f_t, h, solve):
-        """`(y1, error estimate, f(t1, y1), stages K, JVPs used)` by the tableau; `solve(r)`
-        is `((I - h gamma J)^{-1} (h gamma r), JVPs used)`, `f_t` is `df/dt(t0, y0)`."""
         tab = self.tableau
         ks = []
         f_i = f0
@@ -429,16 +456,11 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         return y_new, err, fn(t1, y_new), ks, num_jvp
 
     def _evals_per_attempt(self) -> int:
-        """Evaluations of f per step attempt: the stages not shared with an earlier one
-        and f(t1, y1) (the next step's first stage)."""
+        # the stages not sharing an earlier one's evaluation, and f(t1, y1)
         return sum(self.tableau.new_f[1:]) + 1
 
-    def _dense_info(self, fn, y0, y1, h, f0, f1, ks) -> dict:
-        """What `interpolation_cls` is built from (besides t0, t1), in solver time."""
-        raise NotImplementedError
 
-
-class Rodas3(AbstractRosenbrock):
+class Rodas3(AbstractRodas):
     """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 with embedded
     order 2 (Sandu et al. 1997), and a cubic Hermite dense output of order 3 from `f` at
     both ends. Arguments as `AbstractRosenbrock`'s."""
@@ -454,7 +476,7 @@ class Rodas3(AbstractRosenbrock):
         return dict(y0=y0, y1=y1, k=k)
 
 
-class Rodas5P(AbstractRosenbrock):
+class Rodas5P(AbstractRodas):
     """Rodas5P (Steinebach 2023), a stiffly accurate Rosenbrock method of order 5 with
     embedded order 4 and a dense output of order 4: 8 stages, one LU per step; the
     workhorse of Julia's stiff defaults, for tight tolerances on small stiff systems.
@@ -477,21 +499,7 @@ class Rodas5P(AbstractRosenbrock):
 # the exact one), with an error estimate of order 3 and an L-stable step.
 _R23_D = float(1 / (2 + np.sqrt(2)))
 _R23_E32 = float(6 + np.sqrt(2))
-ROSENBROCK23 = RosenbrockTableau(
-    gamma=_R23_D,
-    a=np.zeros((3, 3)),  # (the stages are written out in `Rosenbrock23._stages`)
-    c=np.zeros((3, 3)),
-    m=np.zeros(3),
-    e=np.zeros(3),
-    alpha=np.array([0.0, 0.5, 1.0]),
-    gammas=np.array([_R23_D, 0.0, _R23_D]),
-    new_f=(True, True, True),
-    order=2,
-    error_order=3,
-)
-
-
-class Rosenbrock23Interpolation(diffrax.AbstractLocalInterpolation):
+class Rosenbrock23Interpolation(AbstractStepInterpolation):
     """ode23s's dense output: `y(t0 + s h) = y0 + h (s (1 - s) k1 + s (s - 2d) k2) /
     (1 - 2d)` on `[t0, t1]` (`hk` holds `h k1` and `h k2`, leading axis 2)."""
 
@@ -511,12 +519,6 @@ class Rosenbrock23Interpolation(diffrax.AbstractLocalInterpolation):
 
         return jax.tree.map(one, self.y0, self.hk)
 
-    def evaluate(self, t0, t1=None, left: bool = True):
-        del left
-        if t1 is None:
-            return self._value(t0)
-        return jax.tree.map(jnp.subtract, self._value(t1), self._value(t0))
-
 
 class Rosenbrock23(AbstractRosenbrock):
     """Rosenbrock23 (Shampine & Reichelt 1997; MATLAB's ode23s): a 2-stage W-method of
@@ -533,7 +535,14 @@ class Rosenbrock23(AbstractRosenbrock):
     interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
         Rosenbrock23Interpolation
     )
-    tableau: ClassVar[RosenbrockTableau] = ROSENBROCK23
+    def order(self, terms) -> int:
+        return 2
+
+    def error_order(self, terms) -> int:
+        return 3
+
+    def _gamma(self) -> float:
+        return _R23_D
 
     def _stages(self, fn, t0, t1, flat_y0, f0, f_t, h, solve):
         c = h * _R23_D  # solve(r) = c W^-1 r
