@@ -45,6 +45,7 @@ import optax  # noqa: E402
 import stiffnode as sn  # noqa: E402
 from _common import RESULTS, environment  # noqa: E402
 from stiffnode import problems  # noqa: E402
+from stiffnode._xla_flags import SMALL_LOOP_BYTES  # noqa: E402
 from stiffnode.solvers import BDF, AutoSwitch, Rodas5P  # noqa: E402
 
 OUT = Path(RESULTS) / "auto_switching.json"
@@ -465,7 +466,7 @@ def _small_loops_worker(repeats, names):
 
 
 def small_loops(repeats, names=("vdp_1", "vdp_10", "vdp_100", "vdp_1e3", "robertson", "hires",
-                                "lorenz"), threshold=65536):  # fmt: skip
+                                "lorenz"), threshold=SMALL_LOOP_BYTES):  # fmt: skip
     """XLA:CPU compiles a `while` loop whose one iteration (body and condition) touches fewer
     than `xla_cpu_small_while_loop_byte_threshold` bytes (default 1024, HloCostAnalysis'
     count) into one function (`SmallWhileLoopHoistingPass`, loops without dot, convolution,

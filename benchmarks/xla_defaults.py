@@ -1,5 +1,5 @@
 """What `import stiffnode` changes in a process: XLA:CPU's small-loop threshold raised to
-65536 bytes (`stiffnode._xla_flags`), against XLA's default (`STIFFNODE_XLA_DEFAULTS=0`).
+262144 bytes (`stiffnode._xla_flags`), against XLA's default (`STIFFNODE_XLA_DEFAULTS=0`).
 
 The same work in fresh processes, `--rounds` per setting run alternately, timed after
 compilation (the fastest of `--repeats` calls and of the rounds, as this shared machine's

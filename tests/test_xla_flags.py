@@ -4,16 +4,17 @@ import os
 import subprocess
 import sys
 
-from stiffnode._xla_flags import SMALL_LOOP_OPTION, with_small_loop_threshold
+from stiffnode._xla_flags import SMALL_LOOP_BYTES, SMALL_LOOP_OPTION, with_small_loop_threshold
 
 
 def test_the_option_joins_xla_flags_without_overriding_the_users():
     assert with_small_loop_threshold("") == (
-        f"--xla_backend_extra_options={SMALL_LOOP_OPTION}=65536"
+        f"--xla_backend_extra_options={SMALL_LOOP_OPTION}={SMALL_LOOP_BYTES}"
     )
     # Other flags kept; an existing extra-options list extended, not replaced.
     assert with_small_loop_threshold("--xla_dump_to=/tmp/x --xla_backend_extra_options=a=1") == (
-        f"--xla_dump_to=/tmp/x --xla_backend_extra_options=a=1,{SMALL_LOOP_OPTION}=65536"
+        f"--xla_dump_to=/tmp/x --xla_backend_extra_options=a=1,{SMALL_LOOP_OPTION}="
+        f"{SMALL_LOOP_BYTES}"
     )
     users = f"--xla_backend_extra_options={SMALL_LOOP_OPTION}=1024"
     assert with_small_loop_threshold(users) == users

@@ -15,7 +15,7 @@ import os
 import warnings
 
 SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
-SMALL_LOOP_BYTES = 65536
+SMALL_LOOP_BYTES = 262144
 OPT_OUT = "STIFFNODE_XLA_DEFAULTS"
 _EXTRA = "--xla_backend_extra_options="
 
