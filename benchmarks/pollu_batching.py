@@ -43,7 +43,7 @@ def main(members: int = 256, repeats: int = 5) -> dict:
                                            chunk_size=chunk).ys[:, -1]  # fmt: skip
 
     ways = {"lax.map (one after another)": lambda k: jax.lax.map(one, k), "vmap": jax.vmap(one)}
-    ways |= {f"solve_ensemble chunk {c}": ensemble(c) for c in (8, 16, 64)}
+    ways |= {f"solve_ensemble chunk {c}": ensemble(c) for c in (1, 8, 16, 64)}
     record = {"environment": environment(), "load_average": os.getloadavg(), "members": members,
               "rtol": RTOL, "atol": ATOL, "ways": {}, "vmap_batch_sizes": {}}  # fmt: skip
     reference = None

@@ -14,11 +14,11 @@ compiled BDF (diffsol) takes ~0.6 us per step on the same problem
 (`stiff_solvers.py --only single`).
 
 For a batch (`batched_pollu`): 16 POLLU members vmapped, as `solve_ensemble` runs each of
-its chunks: the time per member and step, and the part of it that LAPACK's calls take
-alone (a member's LU, and the triangular solves of every Newton iteration, one member
-after another), measured on their own and multiplied by their counts per step. That part
-does not vectorise across members; diffsol's whole step (`stiff_solvers.py --only
-ensembles`) is the comparison.
+its chunks on GPU/TPU (on CPU it solves the members one after another): the time per member
+and step, and the part of it that LAPACK's calls take alone (a member's LU, and the
+triangular solves of every Newton iteration, one member after another), measured on their
+own and multiplied by their counts per step. That part does not vectorise across members;
+diffsol's whole step (`stiff_solvers.py --only ensembles`) is the comparison.
 
 Run: `python benchmarks/step_floor.py`; writes `results/step_floor.json`.
 """

@@ -867,8 +867,8 @@ def _ensemble(name, s, repeats) -> dict:
         return {
             "seconds": seconds,
             "compile_seconds": compile_s,
-            "how": "jax.jit(stiffnode.solve_ensemble(...)) with its defaults (chunk_size 16, "
-            f"devices {[str(d) for d in jax.local_devices()]})",
+            "how": "jax.jit(stiffnode.solve_ensemble(...)) with its defaults (chunk_size 1 "
+            f"on CPU, 16 on GPU/TPU; devices {[str(d) for d in jax.local_devices()]})",
             "steps_max": int(steps.max()),
             "steps_median": float(np.median(steps)),
         }

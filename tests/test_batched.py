@@ -185,11 +185,15 @@ def test_solve_ensemble_over_devices_equals_member_by_member():
         np.testing.assert_allclose(sol.ys[i], alone.ys, rtol=1e-10, atol=1e-18)
         for key, value in alone.stats.items():
             np.testing.assert_array_equal(sol.stats[key][i], value, err_msg=key)
-    # Shared y0, batched args only; one device.
+    # Shared y0, batched args only; one device, the default chunk (one member after another
+    # on CPU: each member's own, unbatched solve).
     shared = sn.solve_ensemble(field, y0s[0], 0.0, 1.0, args=rates, batch_y0=False,
                                devices=jax.devices()[:1], **kwargs)  # fmt: skip
-    alone = sn.solve(field, y0s[0], 0.0, 1.0, args=rates[4], **kwargs)
-    np.testing.assert_allclose(shared.ys[4], alone.ys, rtol=1e-10, atol=1e-18)
+    for i in range(5):
+        alone = sn.solve(field, y0s[0], 0.0, 1.0, args=rates[i], **kwargs)
+        np.testing.assert_allclose(shared.ys[i], alone.ys, rtol=1e-10, atol=1e-18)
+        for key, value in alone.stats.items():
+            np.testing.assert_array_equal(shared.stats[key][i], value, err_msg=key)
 
 
 def test_solve_ensemble_errors():

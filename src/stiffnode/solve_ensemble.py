@@ -19,6 +19,17 @@ from .solve import Solution, VectorField, solve
 
 _AXIS = "members"
 
+CPU_CHUNK_SIZE = 1
+"""The default chunk on CPU devices: the members one after another. Each member's solve
+then compiles its step loop into one function (see `stiffnode._xla_flags`), while a
+vmapped chunk's loop runs as a graph of kernels; a 1,024-member Robertson ensemble solves
+1.5x faster and a POLLU one 1.8x faster one after another than in vmapped chunks of 16
+(`benchmarks/stiff_solvers.py`, ensembles)."""
+
+ACCELERATOR_CHUNK_SIZE = 16
+"""The default chunk on GPU/TPU devices, where a step's kernels cost the same for one
+member as for many: vmapped chunks share them."""
+
 CPU_MULTI_DEVICE_MAX_CHUNK = 16
 """The largest vmapped chunk per device when the members are split over several CPU
 devices: with jaxlib 0.10.2, 2 CPU devices each running a vmapped chunk of 32 POLLU BDF
@@ -64,7 +75,7 @@ def solve_ensemble(
     args: PyTree[Any] = None,
     batch_y0: bool = True,
     batch_args: bool = True,
-    chunk_size: int = 16,
+    chunk_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     throw: bool = True,
     **solve_kwargs,
@@ -78,7 +89,8 @@ def solve_ensemble(
     its own loop instead of stepping in lockstep with the slowest member of another device;
     on a device, `chunk_size` members are vmapped together (a vmapped adaptive solve runs
     as many steps as its slowest member, so smaller chunks waste less on spread-out
-    members, larger ones vectorise more) and the chunks run one after another.
+    members, larger ones vectorise more) and the chunks run one after another; a chunk of
+    1 solves the members one after another, unbatched.
 
     Over several processes (`stiffnode.distributed.initialize`; the default `devices` are
     then every process's): every process calls `solve_ensemble` with the same members,
@@ -90,7 +102,9 @@ def solve_ensemble(
             `batch_args` (else shared by every member).
         chunk_size: members vmapped together on one device (at most
             `CPU_MULTI_DEVICE_MAX_CHUNK` over several CPU devices: a larger chunk deadlocks
-            XLA:CPU there).
+            XLA:CPU there). Default: `CPU_CHUNK_SIZE` (1) on CPU devices, where one member's
+            compiled loop is faster than a vmapped chunk's; `ACCELERATOR_CHUNK_SIZE` (16)
+            on GPU/TPU.
         devices: the devices to split the members over (default `jax.devices()`: every
             device of JAX's default backend, of every process).
         throw: raise if any member's solve failed, naming the first such member; with
@@ -102,15 +116,18 @@ def solve_ensemble(
     """
     if "throw" in solve_kwargs or "progress" in solve_kwargs:
         raise ValueError("solve_ensemble takes throw=; progress bars are per member")
-    chunk_size = positive_int("chunk_size", chunk_size)
     num = _batch_size(y0, args, batch_y0, batch_args)
     if num == 0:
         raise ValueError("solve_ensemble: the batch has no members (a leading axis of size 0)")
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty")
+    on_cpu = all(d.platform == "cpu" for d in devices)
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK_SIZE if on_cpu else ACCELERATOR_CHUNK_SIZE
+    chunk_size = positive_int("chunk_size", chunk_size)
     per_device = -(-num // len(devices))
-    if len(devices) > 1 and all(d.platform == "cpu" for d in devices):
+    if len(devices) > 1 and on_cpu:
         chunk_size = min(chunk_size, CPU_MULTI_DEVICE_MAX_CHUNK)
     chunk = min(chunk_size, per_device)
     per_device = -(-per_device // chunk) * chunk  # whole chunks on every device
@@ -156,22 +173,36 @@ def _solve_members(vector_field, y0, args, t0, t1, layout, solve_kwargs) -> Solu
     def one(y0_i, args_i):
         return solve(vector_field, y0_i, t0, t1, args=args_i, throw=False, **solve_kwargs)
 
-    batched = jax.vmap(one, in_axes=(0 if batch_y0 else None, 0 if batch_args else None))
+    if chunk == 1:  # one member after another, unbatched
 
-    def chunks(tree, is_batched):
-        if not is_batched:
+        def chunks(tree, is_batched):
             return tree
-        return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), tree)
+
+        def unchunk(tree):
+            return tree
+
+        solve_chunk = one
+    else:
+
+        def chunks(tree, is_batched):
+            if not is_batched:
+                return tree
+            return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), tree)
+
+        def unchunk(tree):
+            return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+        solve_chunk = jax.vmap(one, in_axes=(0 if batch_y0 else None, 0 if batch_args else None))
 
     def on_device(y0_d, args_d):
         y0_c, args_c = chunks(y0_d, batch_y0), chunks(args_d, batch_args)
         if batch_y0 and batch_args:
-            out = jax.lax.map(lambda ya: batched(*ya), (y0_c, args_c))
+            out = jax.lax.map(lambda ya: solve_chunk(*ya), (y0_c, args_c))
         elif batch_y0:
-            out = jax.lax.map(lambda y: batched(y, args_c), y0_c)
+            out = jax.lax.map(lambda y: solve_chunk(y, args_c), y0_c)
         else:
-            out = jax.lax.map(lambda a: batched(y0_c, a), args_c)
-        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+            out = jax.lax.map(lambda a: solve_chunk(y0_c, a), args_c)
+        return unchunk(out)
 
     dynamic, static = eqx.partition((y0, args), eqx.is_array)
     _, static_out = eqx.partition(

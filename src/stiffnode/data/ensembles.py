@@ -56,8 +56,8 @@ def pollu_final_state(
 ) -> Float[Array, "n 20"]:
     """POLLU's 20 concentrations at `t1 = 60` with `k_j -> k_j 2^{u_j}` for the perturbed j.
 
-    `stiffnode.solve_ensemble` per batch of `batch` members (rtol 1e-7, atol 1e-12): vmapped
-    in chunks, over every device (of every process under `stiffnode.distributed`); the
+    `stiffnode.solve_ensemble` per batch of `batch` members (rtol 1e-7, atol 1e-12): over
+    every device (of every process under `stiffnode.distributed`); the
     batches are the progress bar's steps.
     """
     from ..problems import pollu
@@ -86,7 +86,7 @@ def pollu_final_state(
             pad = batch - len(ub)  # one compiled shape for every batch
             ub = np.concatenate([ub, np.zeros((pad, ub.shape[1]))]) if pad else ub
             rates = base[None].repeat(batch, 0).at[:, idx].multiply(2.0 ** jnp.asarray(ub))
-            # Members vmapped in chunks, split over the devices (`solve_ensemble`).
+            # Members split over the devices (`solve_ensemble`).
             sol = solve_ensemble(
                 problem.vector_field,
                 y0,
