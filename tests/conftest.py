@@ -14,6 +14,23 @@ from pathlib import Path
 import jax
 import pytest
 
+# XLA:CPU compiles the tests' programs without LLVM's optimisation (the same HLO, the same
+# arithmetic; they are small and run briefly, and compiling them is most of the suite's
+# time: 9 minutes instead of 15 on 2 cores). Inherited by the notebooks' kernels and the
+# command-line tests' subprocesses; a flag already in `XLA_FLAGS` is kept, and
+# `STIFFNODE_TEST_XLA_OPTIMIZE=1` compiles as users do. (Read when JAX starts its backend,
+# after this.)
+_FAST_COMPILE = {
+    "xla_backend_optimization_level": "0",
+    "xla_llvm_disable_expensive_passes": "true",
+    "xla_cpu_use_fusion_emitters": "false",
+}
+if os.environ.get("STIFFNODE_TEST_XLA_OPTIMIZE", "0") != "1":
+    _flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = " ".join(
+        [_flags] + [f"--{k}={v}" for k, v in _FAST_COMPILE.items() if k not in _flags]
+    ).strip()
+
 # Two CPU devices, as `stiffnode study` uses on a 2-core machine: the vmapped trials are
 # spread over them (`trials.train_trials`) in the tests too. Set before JAX's first use.
 jax.config.update("jax_num_cpu_devices", 2)

@@ -1,8 +1,8 @@
 """Gradient-flow training (`stiffnode.flow`) against independent references: the closed form
 `theta* + expm(-H t)(theta0 - theta*)` of a quadratic's flow (scipy), scipy BFGS's optimum of
-a logistic regression, finite-difference Hessians, numpy eigenvalues and linear solves,
-analytic Hessians, gradient evaluations counted at run time by a callback inside the loss,
-matrix-vector products counted the same way, and a hand-written optax loop."""
+a logistic regression, finite-difference Hessians, numpy eigenvalues, analytic Hessians,
+gradient evaluations counted at run time by a callback inside the loss, and a hand-written
+optax loop. (GMRES: `test_krylov.py`; Lanczos: `test_lanczos.py`.)"""
 
 import functools
 import types
@@ -16,6 +16,7 @@ import scipy.linalg  # noqa: E402
 import scipy.optimize  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
+from helpers import CallCounter, central_difference_jacobian, symmetric_with_eigenvalues  # noqa: E402
 from stiffnode.flow import (  # noqa: E402
     FLOW_STAT_KEYS,
     GradientFlowField,
@@ -25,42 +26,9 @@ from stiffnode.flow import (  # noqa: E402
     hessian_vector_product,
     run,
 )
-from stiffnode.solvers.krylov import gmres  # noqa: E402
-from stiffnode.stiffness.lanczos import lanczos_extremes  # noqa: E402
 from stiffnode.training import TrainingDiverged  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
-
-# The problems here are tiny and XLA's CPU compilation is what costs time (3-9 s per flow
-# solver at the default settings); without backend optimisation and fusion emitters it is 2-3
-# times faster. The results do not depend on it.
-FAST_COMPILE = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
-
-
-def _jit(f):
-    return jax.jit(f, compiler_options=FAST_COMPILE)
-
-
-def _spd(eigs, seed):
-    """A dense symmetric matrix with eigenvalues `eigs` (random orthogonal eigenvectors)."""
-    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))))
-    A = (Q * np.asarray(eigs)) @ Q.T
-    return (A + A.T) / 2
-
-
-class _Counter:
-    """Counts calls at run time (`jax.debug.callback`), e.g. gradient evaluations."""
-
-    def __init__(self):
-        self.n = 0
-
-    def bump(self):
-        self.n += 1
-
 
 def _zeros(params):
     return jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -71,7 +39,7 @@ def _zeros(params):
 # Parameters as a pytree of a (3,) and a (2, 2) leaf; the loss couples all 7 entries
 # (dense H), so a wrong flattening order gives a wrong flow.
 EIGS = np.logspace(-1, 3, 7)  # stiffness ratio 1e4
-H_STIFF = _spd(EIGS, seed=0)
+H_STIFF = symmetric_with_eigenvalues(EIGS, seed=0)
 THETA_STAR = np.random.default_rng(1).normal(size=7)
 _rng = np.random.default_rng(2)
 P0 = {"a": _rng.normal(size=3), "b": _rng.normal(size=(2, 2))}  # numpy: float64 under x64
@@ -116,12 +84,12 @@ QUADRATIC_CONFIGS = [
 @functools.cache
 def _quadratic_run(solver, linear_solver, num_updates=4):
     """`num_updates` jitted updates of the stiff quadratic's flow, windows of 0.25."""
-    counter = _Counter()
+    counter = CallCounter()
     loss = _quadratic_loss(H_STIFF, counter)
     opt = gradient_flow(
         loss, solver, window=0.25, rtol=1e-8, atol=1e-10, linear_solver=linear_solver
     )
-    update = _jit(opt.update)
+    update = jax.jit(opt.update)
     params, state = P0, opt.init(P0)
     rec = types.SimpleNamespace(
         time=[float(state.time)], flat=[_flat(params)], window_stats=[], stats=[], calls=[]
@@ -158,7 +126,8 @@ def test_quadratic_flow_matches_matrix_exponential(solver, linear_solver):
 def test_window_and_rtol_schedules():
     """Windows 0.2, 0.4, 0.6, 0.8 (an optax schedule) and rtol 1e-3, 1e-6, 1e-9, 1e-12; each
     window's end point against the closed form from that window's start."""
-    H = _spd(np.linspace(0.5, 2.0, 7), seed=3)  # not stiff: tsit5's steps follow rtol
+    # Not stiff: tsit5's steps follow rtol.
+    H = symmetric_with_eigenvalues(np.linspace(0.5, 2.0, 7), seed=3)
     opt = gradient_flow(
         _quadratic_loss(H),
         "tsit5",
@@ -166,7 +135,7 @@ def test_window_and_rtol_schedules():
         rtol=optax.exponential_decay(1e-3, 1, 1e-3),
         atol=1e-12,
     )
-    update = _jit(opt.update)
+    update = jax.jit(opt.update)
     params, state = P0, opt.init(P0)
     times, errors, steps = [], [], []
     for _ in range(4):
@@ -300,7 +269,7 @@ def _bfgs_optimum():
 def test_logistic_flow_bdf_decreases_loss_and_reaches_the_optimum():
     # Windows 1, 2, 4, ..., 256: flow time 511, far past the slowest mode (rate >= 0.1).
     opt = gradient_flow(logistic_loss, "bdf", window=lambda c: 2.0**c, rtol=1e-8, atol=1e-10)
-    update = _jit(opt.update)
+    update = jax.jit(opt.update)
     params, state = P0_LOG, opt.init(P0_LOG)
     losses = [_log_np(_log_theta(params))[0]]
     for _ in range(9):
@@ -383,7 +352,7 @@ def _adam_reference(num_updates, lr=0.05):
     """A plain optax loop: parameters after `num_updates`, losses before each and at the end."""
     opt = optax.adam(lr)
 
-    @_jit
+    @jax.jit
     def step(params, state):
         updates, state = opt.update(jax.grad(logistic_loss)(params), state, params)
         return optax.apply_updates(params, updates), state
@@ -545,7 +514,7 @@ def test_minibatch_keyword_reaches_the_loss_without_recompiling():
     p0 = {"w": jnp.array([0.5, -0.5]), "b": jnp.array(0.1)}
     theta0 = np.array([0.5, -0.5, 0.1])
     opt = gradient_flow(loss, "tsit5", window=0.5, rtol=1e-10, atol=1e-12)
-    update = _jit(opt.update)
+    update = jax.jit(opt.update)
     state = opt.init(p0)
     steps = []
     for x, y in batches:
@@ -602,7 +571,7 @@ def test_schedule_values_are_checked_when_used(name):
     ascent, loss 3 -> 4.9e5); now an error naming the schedule, under jit too."""
     opt = gradient_flow(_quadratic_loss(H_STIFF), "tsit5", **{name: lambda count: -1.0})
     with pytest.raises(jax.errors.JaxRuntimeError, match=f"the {name} schedule returned"):
-        jax.block_until_ready(_jit(opt.update)(_zeros(P0), opt.init(P0), P0))
+        jax.block_until_ready(jax.jit(opt.update)(_zeros(P0), opt.init(P0), P0))
 
 
 def test_gradient_flow_nan_loss_is_named():
@@ -610,7 +579,7 @@ def test_gradient_flow_nan_loss_is_named():
     that the step budget ran out."""
     opt = gradient_flow(lambda p: jnp.sum(p["a"] ** 2) * jnp.nan, "bdf", window=1.0)
     with pytest.raises(jax.errors.JaxRuntimeError, match="vector field returned NaN or inf"):
-        jax.block_until_ready(_jit(opt.update)(_zeros(P0), opt.init(P0), P0))
+        jax.block_until_ready(jax.jit(opt.update)(_zeros(P0), opt.init(P0), P0))
 
 
 def test_gradient_flow_step_budget():
@@ -618,7 +587,7 @@ def test_gradient_flow_step_budget():
     opt = gradient_flow(_quadratic_loss(H_STIFF), "tsit5", window=1.0, max_steps=2)
     # Raised at run time from inside the compiled solve (equinox's error_if).
     with pytest.raises(jax.errors.JaxRuntimeError, match="step budget exhausted"):
-        jax.block_until_ready(_jit(opt.update)(_zeros(P0), opt.init(P0), P0))
+        jax.block_until_ready(jax.jit(opt.update)(_zeros(P0), opt.init(P0), P0))
 
 
 # ------------------------------------------------------- Hessians and the flow's Jacobian
@@ -646,17 +615,14 @@ def test_hessian_hvp_and_flow_jacobian_against_finite_differences():
     params, data = _mlp_problem()
     flat, unravel = ravel_pytree(params)
     n = flat.size
-    grad = _jit(lambda th: ravel_pytree(jax.grad(_mlp_loss)(unravel(th), **data))[0])
+    grad = jax.jit(lambda th: ravel_pytree(jax.grad(_mlp_loss)(unravel(th), **data))[0])
     h = 1e-6
-    eye = np.eye(n)
-    H_fd = np.stack(
-        [(grad(flat + h * eye[i]) - grad(flat - h * eye[i])) / (2 * h) for i in range(n)], axis=1
-    )
+    H_fd = central_difference_jacobian(grad, np.asarray(flat), h)
     scale = np.max(np.abs(H_fd))
     v = np.random.default_rng(7).normal(size=n)
     field = GradientFlowField(_mlp_loss)
 
-    @_jit
+    @jax.jit
     def under_test(params, data, v):
         J = jax.jacfwd(lambda th: ravel_pytree(field(0.0, unravel(th), data))[0])(flat)
         hvp = hessian_vector_product(_mlp_loss, params, **data)
@@ -671,120 +637,7 @@ def test_hessian_hvp_and_flow_jacobian_against_finite_differences():
     np.testing.assert_allclose(J, -H_fd, rtol=0, atol=1e-6 * scale)
 
 
-# --------------------------------------------------------------------------- Lanczos
-
-
-@functools.partial(jax.jit, static_argnames="num_iters", compiler_options=FAST_COMPILE)
-def _lanczos_dense(A, v0, num_iters):
-    return lanczos_extremes(lambda v: A @ v, v0, num_iters)
-
-
-def test_lanczos_extremes_against_eigvalsh():
-    n = 30
-    eigs = np.concatenate([[-4.0], np.linspace(-1.0, 1.0, n - 2), [6.0]])
-    A = jnp.asarray(_spd(eigs, seed=8))
-    ref = np.linalg.eigvalsh(A)
-    v0 = jnp.asarray(np.random.default_rng(9).normal(size=n))
-    # n products or more (here 2n, capped at n): exact.
-    np.testing.assert_allclose(_lanczos_dense(A, v0, 2 * n), [ref[0], ref[-1]], rtol=1e-10)
-    # Fewer products: Ritz values inside the spectrum, converging from within.
-    errors = []
-    for m in (4, 12):
-        lo, hi = _lanczos_dense(A, v0, m)
-        assert ref[0] - 1e-12 <= lo <= hi <= ref[-1] + 1e-12
-        errors.append(max(lo - ref[0], ref[-1] - hi))
-    assert errors[0] > errors[1] and errors[1] < 1e-4, errors
-    # A start vector in a 2-dimensional invariant subspace: Lanczos stops after 2 steps
-    # and reports that subspace's eigenvalues, not spurious ones.
-    D = jnp.diag(jnp.arange(1.0, 9.0))
-    lo, hi = _lanczos_dense(D, jnp.zeros(8).at[2].set(1).at[5].set(2), 8)
-    np.testing.assert_allclose([lo, hi], [3.0, 6.0], rtol=1e-12)
-    with pytest.raises(ValueError, match="num_iters"):
-        lanczos_extremes(lambda v: v, v0, num_iters=0)
-
-
 def test_hessian_extremes_of_the_quadratic():
-    extremes = _jit(lambda p: hessian_extremes(_quadratic_loss(H_STIFF), p, key=jax.random.key(1)))
+    loss = _quadratic_loss(H_STIFF)
+    extremes = jax.jit(lambda p: hessian_extremes(loss, p, key=jax.random.key(1)))
     np.testing.assert_allclose(extremes(P0), [EIGS[0], EIGS[-1]], rtol=1e-8)  # 20 products, n = 7
-
-
-# ----------------------------------------------------------------------------- GMRES
-
-_MATVECS = _Counter()
-
-
-@functools.partial(jax.jit, static_argnames="restart", compiler_options=FAST_COMPILE)
-def _gmres_dense(A, b, rtol, restart=30, max_restarts=10):
-    def matvec(v):
-        jax.debug.callback(_MATVECS.bump)  # counts the products actually made
-        return A @ v
-
-    return gmres(matvec, b, rtol=rtol, restart=restart, max_restarts=max_restarts)
-
-
-def _check_gmres(A, b, rtol, **kwargs):
-    _MATVECS.n = 0
-    sol = _gmres_dense(jnp.asarray(A), jnp.asarray(b), rtol, **kwargs)
-    jax.effects_barrier()
-    assert int(sol.num_matvecs) == _MATVECS.n
-    return sol
-
-
-def test_gmres_against_numpy_solve():
-    rng = np.random.default_rng(10)
-    n = 20
-    nonsymmetric = 6 * np.eye(n) + rng.normal(size=(n, n))
-    indefinite = _spd(np.concatenate([-np.arange(1.0, 8.0), np.arange(1.0, 14.0)]), seed=11)
-    for A in (nonsymmetric, indefinite):
-        b = rng.normal(size=n)
-        sol = _check_gmres(A, b, rtol=1e-10)
-        assert bool(sol.converged)
-        assert np.linalg.norm(b - A @ np.asarray(sol.x)) <= 1.01e-10 * np.linalg.norm(b)
-        np.testing.assert_allclose(sol.x, np.linalg.solve(A, b), rtol=1e-8)
-        assert 0 < int(sol.num_matvecs) <= n
-
-
-def test_gmres_stops_early_on_easy_systems():
-    rng = np.random.default_rng(12)
-    n = 20
-    b = rng.normal(size=n)
-    sol = _check_gmres(np.eye(n), b, rtol=1e-12)
-    assert int(sol.num_matvecs) == 1 and bool(sol.converged)
-    np.testing.assert_allclose(sol.x, b, rtol=1e-14)
-    # Identity plus rank 2: the Krylov space has dimension 3, so at most 3 products.
-    U, V = rng.normal(size=(n, 2)), rng.normal(size=(n, 2))
-    A = np.eye(n) + 0.1 * U @ V.T
-    sol = _check_gmres(A, b, rtol=1e-12)
-    assert int(sol.num_matvecs) <= 3 and bool(sol.converged)
-    np.testing.assert_allclose(sol.x, np.linalg.solve(A, b), rtol=1e-10)
-    sol = _check_gmres(A, np.zeros(n), rtol=1e-12)
-    assert int(sol.num_matvecs) == 0 and bool(sol.converged) and np.all(sol.x == 0)
-
-
-def test_gmres_restarts():
-    rng = np.random.default_rng(13)
-    n = 20
-    A = 3 * np.eye(n) + rng.normal(size=(n, n)) / np.sqrt(n)
-    b = rng.normal(size=n)
-    sol = _check_gmres(A, b, rtol=1e-10, restart=3, max_restarts=50)
-    assert bool(sol.converged) and int(sol.num_matvecs) > 3 * 2
-    assert np.linalg.norm(b - A @ np.asarray(sol.x)) <= 1e-10 * np.linalg.norm(b)
-    np.testing.assert_allclose(sol.x, np.linalg.solve(A, b), rtol=1e-8)
-    # Too few restarts: not converged, but better than x = 0.
-    sol = _check_gmres(A, b, rtol=1e-10, restart=3, max_restarts=2)
-    assert not bool(sol.converged)
-    assert np.linalg.norm(b - A @ np.asarray(sol.x)) < 0.5 * np.linalg.norm(b)
-
-
-def test_gmres_vmap():
-    rng = np.random.default_rng(14)
-    n = 20
-    As = np.stack([np.eye(n), 6 * np.eye(n) + rng.normal(size=(n, n))])
-    bs = rng.normal(size=(2, n))
-    sols = _jit(jax.vmap(lambda A, b: gmres(lambda v: A @ v, b, rtol=1e-10)))(As, bs)
-    for i in range(2):
-        alone = _check_gmres(As[i], bs[i], rtol=1e-10)
-        np.testing.assert_allclose(sols.x[i], np.linalg.solve(As[i], bs[i]), rtol=1e-8)
-        assert int(sols.num_matvecs[i]) == int(alone.num_matvecs)
-    assert int(sols.num_matvecs[0]) == 1 < int(sols.num_matvecs[1])
-    assert np.all(np.asarray(sols.converged))

@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 
 import stiffnode as sn
-from _references import LinearClosedForm
+from helpers import LinearClosedForm
 from stiffnode.solve import _adjoint
 
 A = np.array([[-2.0, 1.0, 0.0], [0.5, -300.0, 2.0], [0.0, 1.0, -1.0]])  # stiff: -300

@@ -11,7 +11,7 @@ import scipy.linalg
 from scipy.integrate import solve_ivp
 
 import stiffnode as sn
-from _references import LinearClosedForm
+from helpers import LinearClosedForm, central_difference_jacobian
 from stiffnode.problems import robertson
 
 A = np.array([[-2.0, 1.0, 0.0], [0.5, -30.0, 2.0], [0.0, 1.0, -1.0]])
@@ -66,12 +66,7 @@ def test_reverse_time_and_parameters_in_the_vector_field_module():
 
     grad = jax.grad(loss)(Field(w)).w
     eps = 1e-6
-    fd = np.zeros((2, 2))
-    for i in range(2):
-        for j in range(2):
-            e = np.zeros((2, 2))
-            e[i, j] = eps
-            fd[i, j] = (exact(np.asarray(w) + e) - exact(np.asarray(w) - e)) / (2 * eps)
+    fd = central_difference_jacobian(exact, np.asarray(w), eps)
     # Central differences of expm: error ~eps^2 ~1e-12; the solves' ~1e-9 relative to the
     # gradient's size; bound 1e-7.
     assert np.linalg.norm(grad - fd) / np.linalg.norm(fd) < 1e-7

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import stiffnode as sn  # noqa: E402
-from _references import REFERENCES, scaled_error, spread_bound  # noqa: E402
+from helpers import REFERENCES, central_difference, scaled_error, spread_bound  # noqa: E402
 from stiffnode import problems  # noqa: E402
 from stiffnode.solvers import RODAS3, RODAS5P, Rodas3, Rodas5P, Rosenbrock23  # noqa: E402
 
@@ -178,7 +178,7 @@ def test_gradient_matches_finite_differences(linear_solver):
     value_and_grad = jax.jit(jax.value_and_grad(loss))  # one compilation for all three calls
     k, eps = 0.7, 1e-6
     g = value_and_grad(k)[1]
-    fd = (value_and_grad(k + eps)[0] - value_and_grad(k - eps)[0]) / (2 * eps)
+    fd = central_difference(lambda k: value_and_grad(k)[0], k, eps)
     np.testing.assert_allclose(g, fd, rtol=1e-6)
 
 

@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import stiffnode as sn  # noqa: E402
+from helpers import central_difference  # noqa: E402
 from stiffnode import stiffness as st  # noqa: E402
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
@@ -238,7 +239,7 @@ def _check_grad(f, J, eps=1e-6, rtol=1e-5):
     f = jax.jit(f)
     g = jax.jit(jax.grad(lambda J: jnp.sum(f(J))))(J)
     analytic = float(jnp.sum(g * direction))
-    fd = float((jnp.sum(f(J + eps * direction)) - jnp.sum(f(J - eps * direction))) / (2 * eps))
+    fd = float(central_difference(lambda J: jnp.sum(f(J)), J, eps, direction))
     assert analytic == pytest.approx(fd, rel=rtol, abs=1e-9)
 
 

@@ -1,4 +1,5 @@
-"""The stored independent references of the stiff test problems, and the bound they give.
+"""What several test modules share: the stored independent references of the stiff test
+problems and the bound they give, closed-form references, and finite differences.
 
 `data/stiff_references.json` is written by `data/make_stiff_references.py` from scipy's
 Radau and SUNDIALS CVODE at tight tolerances, with no stiffnode solver involved.
@@ -48,3 +49,41 @@ class LinearClosedForm:
         g_y0 = sum(ones @ p for p in props)
         g_s = sum(ones @ (self.a * t) @ p @ y0 for p, t in zip(props, self.ts, strict=True))
         return g_y0, g_s
+
+
+def central_difference(f, x, eps: float, direction=None):
+    """`(f(x + eps d) - f(x - eps d)) / (2 eps)`: the derivative of `f` at `x` along `d`
+    (`d = 1` for a scalar `x`), with truncation error `O(eps^2 f''')`; `f` may return an
+    array (a column of the Jacobian along `d`)."""
+    d = 1.0 if direction is None else direction
+    return (np.asarray(f(x + eps * d)) - np.asarray(f(x - eps * d))) / (2 * eps)
+
+
+def central_difference_jacobian(f, x, eps: float):
+    """`J[..., i] = (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)` over the entries `i` of `x`
+    (any shape; the columns stacked along a last axis of `x`'s shape)."""
+    x = np.asarray(x)
+    columns = []
+    for i in range(x.size):
+        e = np.zeros(x.size)
+        e[i] = 1.0
+        columns.append(central_difference(f, x, eps, e.reshape(x.shape)))
+    return np.stack(columns, axis=-1).reshape(np.shape(columns[0]) + x.shape)
+
+
+def symmetric_with_eigenvalues(eigs, seed: int) -> np.ndarray:
+    """A dense symmetric matrix with eigenvalues `eigs` (random orthogonal eigenvectors)."""
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))))
+    A = (Q * np.asarray(eigs)) @ Q.T
+    return (A + A.T) / 2
+
+
+class CallCounter:
+    """Counts calls at run time (`jax.debug.callback(counter.bump)` inside a traced
+    function), e.g. gradient evaluations or matrix-vector products."""
+
+    def __init__(self):
+        self.n = 0
+
+    def bump(self):
+        self.n += 1
