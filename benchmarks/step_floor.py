@@ -9,9 +9,16 @@ Measured in one run, after compilation (median of repeats):
 - the cost of one kernel on 3-element arrays: a loop of K dependent tiny fusions (each
   behind an optimization barrier), per fusion.
 
-kernels per step x time per kernel is the floor of this program's time per step; a
-compiled BDF (diffsol) takes ~0.6 us per step on the same problem
-(`stiff_solvers.py --only single`).
+Where the step loop runs as a graph of kernels (XLA's default threshold,
+`STIFFNODE_XLA_DEFAULTS=0`; a vmapped batch; a vector field with a dot), kernels per step x
+time per kernel is the floor of this program's time per step; a compiled BDF (diffsol)
+takes ~0.6 us per step on the same problem (`stiff_solvers.py --only single`). With
+stiffnode's threshold the loop compiles into one function (`loop_structure` says which loops
+do, and what keeps the others from it).
+
+`solvers`: per problem (Robertson, HIRES, POLLU) and solver (BDF, Rodas5P, Rodas3, auto,
+diffrax's Kvaerno5): steps, time per step, how the loops run, and the kernel-level
+operations of the step loop's body.
 
 For a batch (`batched_pollu`): 16 POLLU members vmapped, as `solve_ensemble` runs each of
 its chunks on GPU/TPU (on CPU it solves the members one after another): the time per member
@@ -68,6 +75,99 @@ def _loop_bodies(hlo: str) -> dict[str, dict[str, int]]:
         kernels = [op for op in ops if op not in TRIVIAL]
         out[name] = {op: kernels.count(op) for op in sorted(set(kernels))}
     return out
+
+
+_REFERENCE = re.compile(
+    r"(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)"
+    r"|branch_computations=\{([^}]*)\}"
+)
+
+
+_BLOCKERS = (("dot", r"\sdot\("), ("custom call", r"custom-call\("), ("scatter", r"scatter\("))
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    out = {}
+    for text in re.split(r"\n(?=\S)", hlo):
+        match = re.match(r"(?:ENTRY )?%?([\w.\-]+)", text)
+        if match:
+            out[match.group(1)] = text
+    return out
+
+
+def _referenced(text: str) -> list[str]:
+    names = []
+    for single, many in _REFERENCE.findall(text):
+        names += [single] if single else [n.strip().lstrip("%") for n in many.split(",")]
+    return names
+
+
+def loop_structure(hlo: str) -> dict:
+    """How XLA:CPU runs a compiled program's `while` loops: the outermost loops compiled
+    into one function each (a call marked `xla_cpu_small_call`, everything inside it one
+    function), and the loops left as graphs of kernels, with what keeps each from one
+    function (a dot, a custom call such as LAPACK's, a scatter; else the byte budget)."""
+    computations = _computations(hlo)
+
+    def closure(name, seen):
+        if name not in seen and name in computations:
+            seen.add(name)
+            for ref in _referenced(computations[name]):
+                closure(ref, seen)
+        return seen
+
+    one_function, graphs = 0, []
+
+    def walk(name, seen):
+        nonlocal one_function
+        if name in seen or name not in computations:
+            return
+        seen.add(name)
+        for line in computations[name].split("\n"):
+            if 'xla_cpu_small_call="true"' in line:
+                one_function += 1
+                continue
+            if " while(" in line:
+                graphs.append(re.search(r"body=%?([\w.\-]+)", line).group(1))
+            for ref in _referenced(line):
+                walk(ref, seen)
+
+    walk(next(n for n, t in computations.items() if t.startswith("ENTRY")), set())
+    why = set()
+    for body in graphs:
+        text = "\n".join(computations[c] for c in closure(body, set()))
+        found = [k for k, pattern in _BLOCKERS if re.search(pattern, text)]
+        why.add(", ".join(found) or "over the byte budget")
+    return {"loops_in_one_function": one_function, "loops_as_kernel_graphs": len(graphs),
+            "why_kernel_graphs": sorted(why)}  # fmt: skip
+
+
+def solvers_table(repeats: int = 7) -> dict:
+    """Per problem and solver (one solve at rtol 1e-6, atol 1e-10, after compilation): the
+    steps, the time per step, how its loops run (`loop_structure`), and the kernel-level
+    operations of its step loop's body, which are what runs per step where the loop is a
+    graph of kernels (XLA's default threshold, `STIFFNODE_XLA_DEFAULTS=0`)."""
+    table = {}
+    for name in ("robertson", "hires", "pollu"):
+        p = getattr(sn.problems, name)()
+        for solver in ("bdf", "rodas5p", "rodas3", "auto", "kvaerno5"):
+
+            def run(rtol, atol, p=p, solver=solver):
+                sol = sn.solve(p.vector_field, jnp.asarray(p.y0), p.t0, p.t1, args=p.args,
+                               solver=solver, rtol=rtol, atol=atol, max_steps=100_000)  # fmt: skip
+                return sol.ys[-1], sol.stats["num_steps"]
+
+            solve = jax.jit(run)
+            args = (jnp.asarray(1e-6), jnp.asarray(1e-10))
+            hlo = solve.lower(*args).compile().as_text()
+            wall = _median_seconds(solve, *args, repeats=repeats)
+            steps = int(solve(*args)[1])
+            bodies = sorted(_loop_bodies(hlo).values(), key=lambda ops: -sum(ops.values()))
+            row = {"steps": steps, "seconds_per_step": wall / steps, **loop_structure(hlo),
+                   "step_body_ops": bodies[0] if bodies else {}}  # fmt: skip
+            table[f"{name}/{solver}"] = row
+            print(name, solver, {k: v for k, v in row.items() if k != "step_body_ops"}, flush=True)
+    return table
 
 
 def kernel_cost(repeats: int = 7, iterations: int = 1000) -> dict:
@@ -181,8 +281,9 @@ def main(repeats: int = 15) -> dict:
     args = (jnp.asarray(1e-6), jnp.asarray(1e-10))
     wall = _median_seconds(solve, *args, repeats=repeats)
     stats = {k: int(v) for k, v in solve(*args)[1].items() if jnp.ndim(v) == 0}
-    bodies = _loop_bodies(solve.lower(*args).compile().as_text())
-    ranked = sorted(bodies.values(), key=lambda ops: -sum(ops.values()))
+    hlo = solve.lower(*args).compile().as_text()
+    structure = loop_structure(hlo)
+    ranked = sorted(_loop_bodies(hlo).values(), key=lambda ops: -sum(ops.values()))
     step_body, newton_body = ranked[0], ranked[1]
     newton_per_step = stats["num_newton_iters"] / stats["num_steps"]
     kernels_per_step = sum(step_body.values()) + newton_per_step * sum(newton_body.values())
@@ -202,13 +303,20 @@ def main(repeats: int = 15) -> dict:
         "kernels_per_step": kernels_per_step,
         "kernel_cost": cost,
         "floor_seconds_per_step": kernels_per_step * cost["seconds_per_kernel"],
-        # What a kernel costs inside this program (the isolated kernel above sits behind an
+        # Where the step loop runs as a graph of kernels (XLA's default threshold): what a
+        # kernel costs inside this program (the isolated kernel above sits behind an
         # optimization barrier and costs more), and how many of them fit in 2x a compiled
-        # BDF's step (diffsol, from `stiff_solvers.py --only single`'s last run).
-        "seconds_per_kernel_in_the_step": per_kernel,
+        # BDF's step (diffsol, from `stiff_solvers.py --only single`'s last run). With
+        # stiffnode's threshold the loop is one function and these do not apply.
+        "loop_structure": structure,
+        "seconds_per_kernel_in_the_step": None if structure["loops_as_kernel_graphs"] == 0
+        else per_kernel,
         "diffsol_seconds_per_step": diffsol,
-        "kernels_per_step_for_2x_diffsol": None if diffsol is None else 2 * diffsol / per_kernel,
+        "kernels_per_step_for_2x_diffsol": None
+        if diffsol is None or structure["loops_as_kernel_graphs"] == 0
+        else 2 * diffsol / per_kernel,
         "batched_pollu": batched_pollu(),
+        "solvers": solvers_table(),
     }
     OUT.write_text(json.dumps(record, indent=1) + "\n")
     print({k: v for k, v in record.items() if k not in ("environment", "stats")})
