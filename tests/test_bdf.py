@@ -13,7 +13,7 @@ from scipy.integrate import solve_ivp
 import stiffnode as sn
 from helpers import REFERENCES, central_difference, scaled_error, spread_bound  # noqa: E402
 from stiffnode import problems
-from stiffnode.solvers import BDF, BDFController
+from stiffnode.solvers import BDF, SolverStepController
 
 pytestmark = pytest.mark.x64  # float64 in every test here (conftest.py)
 
@@ -174,7 +174,7 @@ def test_event_terminates_at_the_crossing():
         10.0,
         None,
         jnp.ones(1),
-        stepsize_controller=BDFController(rtol=1e-8, atol=1e-10),
+        stepsize_controller=SolverStepController(rtol=1e-8, atol=1e-10),
         event=event,
     )
     assert abs(float(sol.ts[-1]) - np.log(2.0)) < 1e-6
@@ -324,7 +324,7 @@ def test_misuse_gives_clear_errors():
             1.0,
             0.1,
             jnp.ones(1),
-            stepsize_controller=BDFController(rtol=1e-6, atol=1e-6),
+            stepsize_controller=SolverStepController(rtol=1e-6, atol=1e-6),
         )
     with pytest.raises(ValueError, match="stepsize_controller='solver' needs a solver"):
         sn.solve(lambda t, y, a: -y, jnp.ones(1), 0.0, 1.0, stepsize_controller="solver")

@@ -18,7 +18,6 @@ from ._validation import positive_int
 from .solvers import (
     AUTO_MAX_DIRECTIONS,
     BDF,
-    FROM_CONTROLLER,
     AbstractSelfControlledSolver,
     AutoSwitch,
     CountingController,
@@ -26,7 +25,6 @@ from .solvers import (
     InterpolatingAdjoint,
     JumpAwareSolver,
     NonFiniteMonitor,
-    ReportingNorm,
     Rodas3,
     Rodas5P,
     Rosenbrock23,
@@ -38,6 +36,7 @@ from .solvers import (
     solver_stats_of,
 )
 from .solvers.forward_sensitivity import real_size
+from .solvers.self_controlled import FROM_CONTROLLER, ReportingNorm
 from .solvers.stats import solver_stats
 
 VectorField = Callable[[Real[ArrayLike, ""], PyTree[Array], PyTree[Any]], PyTree[Array]]

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ..solvers import STAT_KEYS
+from ..solvers.self_controlled import STAT_KEYS
 from ..solvers.stats import NOT_COUNTED
 
 FLOW_STAT_KEYS: tuple[str, ...] = (

@@ -1,10 +1,8 @@
 """stiffnode's own diffrax solvers, their controllers and solver wrappers."""
 
-from .auto_switch import AutoSwitch, AutoSwitchState, SwitchStats
-from .bdf import BDF, BDFInterpolation, BDFState
+from .auto_switch import AutoSwitch, SwitchStats
+from .bdf import BDF, BDFInterpolation
 from .controllers import (
-    BDFController,
-    BDFStats,
     CountingController,
     NonFiniteMonitor,
     SolverStats,
@@ -25,17 +23,9 @@ from .rosenbrock import (
     RodasInterpolation,
     Rosenbrock23,
     Rosenbrock23Interpolation,
-    RosenbrockState,
     RosenbrockTableau,
 )
-from .self_controlled import (
-    FROM_CONTROLLER,
-    STAT_KEYS,
-    AbstractSelfControlledSolver,
-    ControllerTolerances,
-    ReportingNorm,
-    StepReport,
-)
+from .self_controlled import AbstractSelfControlledSolver, ControllerTolerances
 from .solve_setup import for_solve
 from .stiffness_estimate import StiffnessMonitor, explicit_stiffness, stability_boundary
 
@@ -44,40 +34,31 @@ __all__ = [
     "ForwardSensitivity",
     "forward_sensitivities",
     "AutoSwitch",
-    "AutoSwitchState",
     "SwitchStats",
     "StiffnessMonitor",
     "explicit_stiffness",
     "for_solve",
     "stability_boundary",
     "BDF",
-    "FROM_CONTROLLER",
     "RODAS3",
     "RODAS5P",
-    "STAT_KEYS",
     "AbstractRodas",
     "AbstractRosenbrock",
     "AbstractSelfControlledSolver",
-    "BDFController",
     "BDFInterpolation",
-    "BDFState",
-    "BDFStats",
     "ControllerTolerances",
     "CountingController",
     "InterpolatingAdjoint",
     "JumpAwareSolver",
     "NonFiniteMonitor",
-    "ReportingNorm",
     "Rodas3",
     "Rodas5P",
     "RodasInterpolation",
     "Rosenbrock23",
     "Rosenbrock23Interpolation",
-    "RosenbrockState",
     "RosenbrockTableau",
     "SolverStats",
     "SolverStepController",
-    "StepReport",
     "initial_step_size",
     "solver_stats_of",
 ]

@@ -162,7 +162,7 @@ class BDF(AbstractSelfControlledSolver):
     """Variable-order (1 to `max_order`) BDF, or NDF with `ndf=True`, for stiff ODEs.
 
     Works under any diffrax step-size controller. Best with
-    `SolverStepController(rtol, atol)` (alias `BDFController`): BDF then chooses step and
+    `SolverStepController(rtol, atol)`: BDF then chooses step and
     order together, as scipy's BDF and CVODE do, and the controller counts the work:
 
         diffrax.diffeqsolve(diffrax.ODETerm(f), BDF(), t0, t1, None, y0,

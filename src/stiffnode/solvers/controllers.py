@@ -2,7 +2,7 @@
 
 - `SolverStepController`: the solver chooses its steps (and, for BDF, its order); the
   controller supplies the tolerances and the first step, and counts the work. The best
-  pairing for `BDF` (`BDFController` is its old name).
+  pairing for `BDF`.
 - `CountingController(controller)`: any diffrax adaptive controller (e.g. `PIDController`)
   decides from the solver's error estimate; the work is counted all the same.
 
@@ -211,8 +211,3 @@ def solver_stats_of(controller_state) -> SolverStats | None:
         if isinstance(leaf, SolverStats):
             return leaf
     return None
-
-
-# The names of the first release.
-BDFController = SolverStepController
-BDFStats = SolverStats
