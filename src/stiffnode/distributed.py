@@ -153,6 +153,63 @@ def leading_axis_sharding(devices: Sequence[jax.Device], axis: str):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
+# -- Arrays of rows (trials, members) split over devices of several processes --------------
+
+
+def spread_rows(tree, devices: Sequence[jax.Device], num: int, axis: str):
+    """`tree`'s `num` rows (leading axis) padded (repeating the last) to a multiple of
+    `len(devices)` and split over them along `axis`. From the host (the same values on every
+    process): the devices may belong to several processes, and each puts its share."""
+    pad = -num % len(devices)
+    tree = jax.tree.map(
+        lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), jax.device_get(tree)
+    )
+    return jax.device_put(tree, leading_axis_sharding(devices, axis))
+
+
+def _own_shards(a: jax.Array) -> list:
+    """This process's shards of `a` (split along its leading axis), in row order."""
+    return sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+
+
+def local_rows(tree):
+    """This process's rows of every leaf (its devices' shards, in order), as numpy."""
+    return jax.tree.map(
+        lambda a: np.concatenate([np.asarray(s.data) for s in _own_shards(a)]), tree
+    )
+
+
+def from_local_rows(host, devices: Sequence[jax.Device], like, axis: str):
+    """`local_rows`' inverse: global arrays shaped and split like `like`."""
+    sharding = leading_axis_sharding(devices, axis)
+    return jax.tree.map(
+        lambda h, a: jax.make_array_from_process_local_data(sharding, h, a.shape), host, like
+    )
+
+
+def local_row_indices(tree) -> np.ndarray:
+    """The row indices of this process's devices' shards, in the order `local_rows` returns
+    them."""
+    shards = _own_shards(jax.tree.leaves(tree)[0])
+    return np.concatenate([np.arange(s.index[0].start or 0, s.index[0].stop) for s in shards])
+
+
+def gather_rows(own: dict[str, np.ndarray], devices, total: int, axis: str) -> dict:
+    """Every process's `own` rows of `total` (float64, carried bit for bit as pairs of
+    uint32) put together in row order on every process."""
+    like = {k: np.empty((total, 2), np.uint32) for k in own}
+    local = {k: np.asarray(v, np.float64).view(np.uint32).reshape(-1, 2) for k, v in own.items()}
+    gathered = to_host(from_local_rows(local, devices, like, axis))
+    return {k: np.ascontiguousarray(v).view(np.float64).reshape(-1) for k, v in gathered.items()}
+
+
+def first_rows_on_host(tree, num: int):
+    """The first `num` rows of every array leaf (dropping `spread_rows`' padding), as numpy
+    arrays gathered from every process: slicing the spread arrays on the devices would be a
+    cross-device program, which hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
+    return jax.tree.map(lambda a: a[:num], to_host(tree))
+
+
 def shard_batch(batch, devices=None):
     """`batch` (a pytree of arrays with a leading sample axis) split along that axis over
     `devices` (default every device of every process): data parallelism. A jitted loss or

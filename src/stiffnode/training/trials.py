@@ -27,7 +27,15 @@ import optax
 from jaxtyping import Array
 
 from .._validation import non_negative_number, positive_int, positive_number
-from ..distributed import leading_axis_sharding, on_other_processes, to_host
+from ..distributed import (
+    first_rows_on_host,
+    from_local_rows,
+    gather_rows,
+    local_row_indices,
+    local_rows,
+    on_other_processes,
+    spread_rows,
+)
 from ..models import ResNet
 from ..stiffness import (
     amortised_power_init,
@@ -422,22 +430,22 @@ def train_trials(
 
     def advance(state):
         state, metrics = run_chunk(state, x, y, x_test, y_test)
-        return state, _host_trials(metrics, num)
+        return state, first_rows_on_host(metrics, num)
 
-    spread = _spread(state, devices, num)
+    spread = spread_rows(state, devices, num, "trials")
     across_processes = on_other_processes(devices)
     if across_processes:
         # Each process checkpoints its own devices' trials (no traffic between processes).
         host_state = dict(
-            to_host=_local_share,
-            from_host=lambda host: _from_local_share(host, devices, spread),
+            to_host=local_rows,
+            from_host=lambda host: from_local_rows(host, devices, spread, "trials"),
             across_processes=True,
         )
         checkpoint = None if checkpoint is None else process_checkpoint(checkpoint, devices)
     else:
         host_state = dict(
-            to_host=lambda state: _host_trials(state, num),
-            from_host=lambda host: _spread(host, devices, num),
+            to_host=lambda state: first_rows_on_host(state, num),
+            from_host=lambda host: spread_rows(host, devices, num, "trials"),
         )
     result = train_loop(
         advance,
@@ -456,17 +464,17 @@ def train_trials(
     )
     models = None
     if keep_models or not across_processes:
-        params = jax.tree_util.tree_map(jnp.asarray, _host_trials(result.state.params, num))
+        params = jax.tree_util.tree_map(jnp.asarray, first_rows_on_host(result.state.params, num))
         models = eqx.combine(params, static)
     skip = result.diverged_at > 0
     if across_processes:  # each process evaluates its own trials (host work: eigenvalues)
-        mine = _owned_trials(result.state.params)
+        mine = local_row_indices(result.state.params)
         own_skip = np.array([i >= num or skip[i] for i in mine])  # (padding: skipped)
-        own = jax.tree_util.tree_map(jnp.asarray, _local_share(result.state.params))
+        own = jax.tree_util.tree_map(jnp.asarray, local_rows(result.state.params))
         own_models = eqx.combine(own, static)
         own_final = final_metrics(own_models, (x, y, x_test, y_test),
                                   proxy_samples=config.proxy_samples, skip=own_skip)  # fmt: skip
-        final = _gather_owned(own_final, devices, len(jax.tree_util.tree_leaves(spread)[0]))
+        final = gather_rows(own_final, devices, len(jax.tree_util.tree_leaves(spread)[0]), "trials")
         final = {k: v[:num] for k, v in final.items()}
     else:
         final = final_metrics(models, (x, y, x_test, y_test),
@@ -488,18 +496,6 @@ def _training_error(params, static, x, y):
     return jax.vmap(lambda p: model_mse(eqx.combine(p, static), x, y))(params)
 
 
-def _spread(state, devices: Sequence[jax.Device], num: int):
-    """`state`'s `num` trials padded (repeating the last) to a multiple of `len(devices)` and
-    sharded over them along the trial axis."""
-    pad = -num % len(devices)
-    # From the host (the same values on every process): the devices may belong to several
-    # processes, and each puts its share.
-    state = jax.tree_util.tree_map(
-        lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), jax.device_get(state)
-    )
-    return jax.device_put(state, leading_axis_sharding(devices, "trials"))
-
-
 def process_checkpoint(checkpoint: str | os.PathLike, devices: Sequence[jax.Device]) -> Path:
     """This process's checkpoint file when `devices` span several processes:
     `NAME.process-I-of-P.D-devices.npz` beside `checkpoint` (`NAME.npz`)."""
@@ -507,49 +503,6 @@ def process_checkpoint(checkpoint: str | os.PathLike, devices: Sequence[jax.Devi
     count = len({d.process_index for d in devices})
     tag = f"process-{jax.process_index()}-of-{count}.{len(devices)}-devices"
     return path.with_name(f"{path.stem}.{tag}{path.suffix}")
-
-
-def _own_shards(a: jax.Array) -> list:
-    """This process's shards of `a` (split along the trial axis), in trial order."""
-    return sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
-
-
-def _local_share(tree):
-    """This process's trials of every leaf (its devices' shards, in order), as numpy."""
-    return jax.tree_util.tree_map(
-        lambda a: np.concatenate([np.asarray(s.data) for s in _own_shards(a)]), tree
-    )
-
-
-def _from_local_share(host, devices: Sequence[jax.Device], like):
-    """`_local_share`'s inverse: global arrays shaped and sharded like `like`."""
-    sharding = leading_axis_sharding(devices, "trials")
-    return jax.tree_util.tree_map(
-        lambda h, a: jax.make_array_from_process_local_data(sharding, h, a.shape), host, like
-    )
-
-
-def _owned_trials(tree) -> np.ndarray:
-    """The trial indices (padded numbering) of this process's devices' shards, in the order
-    `_local_share` returns their rows."""
-    shards = _own_shards(jax.tree_util.tree_leaves(tree)[0])
-    return np.concatenate([np.arange(s.index[0].start or 0, s.index[0].stop) for s in shards])
-
-
-def _gather_owned(own: dict[str, np.ndarray], devices, total: int) -> dict[str, np.ndarray]:
-    """Every process's `own` rows (float64, carried bit for bit as pairs of uint32) put
-    together in trial order on every process."""
-    like = {k: np.empty((total, 2), np.uint32) for k in own}
-    local = {k: np.asarray(v, np.float64).view(np.uint32).reshape(-1, 2) for k, v in own.items()}
-    gathered = to_host(_from_local_share(local, devices, like))
-    return {k: np.ascontiguousarray(v).view(np.float64).reshape(-1) for k, v in gathered.items()}
-
-
-def _host_trials(tree, num: int):
-    """The first `num` trials of every array leaf (drops `_spread`'s padding), as numpy
-    arrays gathered from every process: slicing the spread arrays on the devices would be a
-    cross-device program, which hangs XLA:CPU (jaxlib 0.10.2) at the study's sizes."""
-    return jax.tree_util.tree_map(lambda a: a[:num], to_host(tree))
 
 
 def penalised_step_fn(config: TrainConfig, model: ResNet, n_train: int):
