@@ -172,6 +172,8 @@ Tsit5 at 0.1 lets the flow go unstable (digits: train loss 8.8e11 after 41 windo
 DENSE_HESSIAN_SOLVERS = ("kvaerno5",)  # diffrax ESDIRK: a dense Jacobian every iteration
 MAX_DENSE_STUDY_PARAMS = 2000  # above this they are skipped (one step would take minutes)
 FLOW_MAX_STEPS = 10_000  # per window: an explicit solver's window ends the run past this
+FLOW_MAX_UPDATES = 60  # windows per flow (doubling from flow time 1: to t = 2^60)
+FLOW_STIFFNESS_EVERY = 2  # the Hessian's extreme eigenvalues every this many windows
 SCIPY_METHODS = (
     ("LSODA", "fd"),
     ("BDF", "fd"),
@@ -357,6 +359,39 @@ def run_study(
             process 0 writes the files); default one device. The seed comparison (a scipy
             host loop) runs on one device in every process.
     """
+    methods, learning_rates, updates = _checked(task, methods, learning_rates, updates)
+    for name, value in (("budget", budget), ("seed_time", seed_time), ("seed_budget", seed_budget)):
+        positive_number(name, value)
+    if devices is None and jax.process_count() > 1:
+        devices = jax.devices()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with jax.enable_x64(True):  # the study's losses, flows and scipy runs in float64
+        ftask = TASKS[task](seed)
+        # (the optax and flow runs data parallel when there are several devices)
+        ptask = ftask if devices is None or len(devices) < 2 else split_over_devices(ftask, devices)
+        record = _StudyRecord(out)
+        record.summary.setdefault(
+            "task",
+            {"name": task, "description": ftask.description, "updates": updates,
+             "budget_s": budget},
+        )  # fmt: skip
+        target = _run_optimizers(record, ftask, ptask, methods, updates, learning_rates)
+        _run_flows(record, ftask, ptask, methods, target, budget, seed, progress)
+        if "seed" in methods:
+            seed_entry = record.summary.setdefault("seed", {})
+            seed_comparison(
+                ftask, seed_time, seed_budget, seed_entry, lambda: record.save("seed", seed_entry)
+            )
+    if is_main():
+        if plot:
+            plot_study(record.summary, record.histories, out)
+        checkpoints.write_text(out / "table.md", table(record.summary))
+    return record.summary
+
+
+def _checked(task, methods, learning_rates, updates):
+    """`run_study`'s choices, checked: (methods, learning rates, updates)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {sorted(TASKS)}")
     learning_rates = LEARNING_RATES if learning_rates is None else tuple(map(float, learning_rates))
@@ -368,123 +403,81 @@ def run_study(
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; use {METHODS}")
-    updates = positive_int("updates", updates)
-    for name, value in (("budget", budget), ("seed_time", seed_time), ("seed_budget", seed_budget)):
-        positive_number(name, value)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary_path, history_path = out / "summary.json", out / "history.json"
-    if devices is None and jax.process_count() > 1:
-        devices = jax.devices()
-    with jax.enable_x64(True):
-        ftask = TASKS[task](seed)
-        # (the optax and flow runs data parallel when there are several devices)
-        ptask = ftask if devices is None or len(devices) < 2 else split_over_devices(ftask, devices)
-        summary = checkpoints.read_json_or_set_aside(summary_path, {})
-        histories = checkpoints.read_json_or_set_aside(history_path, {})
-        summary.setdefault(
-            "task",
-            {
-                "name": task,
-                "description": ftask.description,
-                "updates": updates,
-                "budget_s": budget,
-            },
-        )
+    return methods, learning_rates, positive_int("updates", updates)
 
-        def save(name, entry, history=None):
-            summary[name] = entry
+
+class _StudyRecord:
+    """`summary.json` and `history.json` of a study directory: read back if present (a
+    stopped study resumes, skipping the methods already there), written after every method
+    (over several processes, by process 0)."""
+
+    def __init__(self, out: Path):
+        self.summary_path, self.history_path = out / "summary.json", out / "history.json"
+        self.summary = checkpoints.read_json_or_set_aside(self.summary_path, {})
+        self.histories = checkpoints.read_json_or_set_aside(self.history_path, {})
+
+    def save(self, name: str, entry: dict, history: dict | None = None) -> None:
+        self.summary[name] = entry
+        if history is not None:
+            self.histories[name] = history
+        if is_main():
             if history is not None:
-                histories[name] = history
-            if is_main():  # (over several processes, process 0 writes)
-                if history is not None:
-                    checkpoints.write_text(history_path, json.dumps(histories))
-                checkpoints.write_text(summary_path, json.dumps(summary, indent=1))
+                checkpoints.write_text(self.history_path, json.dumps(self.histories))
+            checkpoints.write_text(self.summary_path, json.dumps(self.summary, indent=1))
 
-        for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
-            if name in summary:
-                continue
-            lr, _, r = _tune(ptask, name, updates, learning_rates)
-            save(
-                name,
-                _entry(
-                    ftask,
-                    r,
-                    None,
-                    "optax",
-                    learning_rate=lr,
-                    learning_rates_tried=list(learning_rates),
-                ),
-                r.history,
-            )
-        target = summary["adam"]["final_train_loss"]
-        summary["task"]["target_loss"] = target
-        for name, entry in list(summary.items()):
-            if entry.get("kind") == "optax" and "reached_target" not in entry:
-                row = _history_at_target(histories[name], target)
-                entry["reached_target"] = row is not None
-                if row is not None:
-                    entry["to_target"] = {k: row[k] for k in ("update", "grad_evals", "wall_time")}
-        for solver in FLOW_SOLVERS:
-            name = f"flow-{solver}"
-            if name not in methods or name in summary:
-                continue
-            num_params = ravel_pytree(ftask.params)[0].size
-            if solver in DENSE_HESSIAN_SOLVERS and num_params > MAX_DENSE_STUDY_PARAMS:
-                save(
-                    name,
-                    {
-                        "kind": "flow",
-                        "solver": solver,
-                        "skipped": (
-                            f"dense Hessian of {num_params:,} parameters: each Newton iteration "
-                            f"forms {num_params:,} Hessian-vector products and an LU"
-                        ),
-                    },
-                )
-                continue
-            opt = gradient_flow(
-                ptask.loss_on,
-                solver,
-                window=optax.exponential_decay(1.0, 1, 2.0),
-                rtol=FLOW_TOLERANCES[solver],
-                atol=FLOW_TOLERANCES[solver],
-                max_steps=FLOW_MAX_STEPS,
-            )
-            r = run(
-                ptask.loss_on,
-                ptask.params,
-                opt,
-                batches=itertools.repeat(ptask.batch),
-                max_updates=60,
-                target_loss=target,
-                max_wall_time=budget,
-                stiffness_every=2,
-                key=jax.random.key(seed),
-                progress=progress,
-                throw=False,  # a solver that fails is a result of the study
-            )
-            save(
-                name,
-                _entry(
-                    ftask,
-                    r,
-                    target,
-                    "flow",
-                    solver=solver,
-                    rtol=FLOW_TOLERANCES[solver],
-                    atol=FLOW_TOLERANCES[solver],
-                    window="1, doubling",
-                ),
-                r.history,
-            )
-        if "seed" in methods:
-            seed_entry = summary.setdefault("seed", {})
-            seed_comparison(
-                ftask, seed_time, seed_budget, seed_entry, lambda: save("seed", seed_entry)
-            )
-    if is_main():
-        if plot:
-            plot_study(summary, histories, out)
-        checkpoints.write_text(out / "table.md", table(summary))
-    return summary
+
+def _run_optimizers(record: _StudyRecord, ftask, ptask, methods, updates, learning_rates):
+    """Adam (always: its final train loss is the target) and the other optax methods asked
+    for, each tuned over `learning_rates`; each optax entry told whether and when it reached
+    the target. Returns the target."""
+    for name in ("adam", *(m for m in OPTIMIZERS if m != "adam" and m in methods)):
+        if name in record.summary:
+            continue
+        lr, _, r = _tune(ptask, name, updates, learning_rates)
+        entry = _entry(ftask, r, None, "optax", learning_rate=lr,
+                       learning_rates_tried=list(learning_rates))  # fmt: skip
+        record.save(name, entry, r.history)
+    target = record.summary["adam"]["final_train_loss"]
+    record.summary["task"]["target_loss"] = target
+    for name, entry in list(record.summary.items()):
+        if entry.get("kind") == "optax" and "reached_target" not in entry:
+            row = _history_at_target(record.histories[name], target)
+            entry["reached_target"] = row is not None
+            if row is not None:
+                entry["to_target"] = {k: row[k] for k in ("update", "grad_evals", "wall_time")}
+    return target
+
+
+def _run_flows(record: _StudyRecord, ftask, ptask, methods, target, budget, seed, progress):
+    """The gradient flow by each of `FLOW_SOLVERS` asked for, until it reaches `target` or
+    its `budget` (wall seconds) ends; dense-Hessian solvers skipped above
+    `MAX_DENSE_STUDY_PARAMS` parameters."""
+    num_params = ravel_pytree(ftask.params)[0].size
+    for solver in FLOW_SOLVERS:
+        name = f"flow-{solver}"
+        if name not in methods or name in record.summary:
+            continue
+        if solver in DENSE_HESSIAN_SOLVERS and num_params > MAX_DENSE_STUDY_PARAMS:
+            skipped = (f"dense Hessian of {num_params:,} parameters: each Newton iteration "
+                       f"forms {num_params:,} Hessian-vector products and an LU")  # fmt: skip
+            record.save(name, {"kind": "flow", "solver": solver, "skipped": skipped})
+            continue
+        tolerance = FLOW_TOLERANCES[solver]
+        opt = gradient_flow(ptask.loss_on, solver, window=optax.exponential_decay(1.0, 1, 2.0),
+                            rtol=tolerance, atol=tolerance, max_steps=FLOW_MAX_STEPS)  # fmt: skip
+        r = run(
+            ptask.loss_on,
+            ptask.params,
+            opt,
+            batches=itertools.repeat(ptask.batch),
+            max_updates=FLOW_MAX_UPDATES,
+            target_loss=target,
+            max_wall_time=budget,
+            stiffness_every=FLOW_STIFFNESS_EVERY,
+            key=jax.random.key(seed),
+            progress=progress,
+            throw=False,  # a solver that fails is a result of the study
+        )
+        entry = _entry(ftask, r, target, "flow", solver=solver, rtol=tolerance, atol=tolerance,
+                       window="1, doubling")  # fmt: skip
+        record.save(name, entry, r.history)
