@@ -62,6 +62,7 @@ def test_auto_switch_state_unpacks_to_its_fields():
     terms = diffrax.ODETerm(lambda t, y, args: -y)
     y0 = jnp.ones(3)
     state = solver.init(terms, 0.0, 1.0, y0, None).unpack()
-    assert state.counters.dtype == jnp.int32 and state.counters.shape == (9,)
+    assert state.stiff_mode.dtype == jnp.bool_ and state.num_switches.dtype == jnp.int32
+    assert state.next_substep == 1.0 and state.time_stiff == 0.0
     stiff = solver.stiff.init(terms, 0.0, 1.0, y0, None)
     assert jax.tree.structure(state.stiff_state.unpack()) == jax.tree.structure(stiff)

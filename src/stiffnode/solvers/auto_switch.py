@@ -75,30 +75,29 @@ class SwitchStats(eqx.Module):
     history_stiff_mode: Bool[Array, " history"]
 
 
-# The scalar counters travel in one int32 vector, the times in one float vector (built by
-# `_vector`), not as a dozen scalars of their own: on Lorenz, where a Tsit5 step is 0.5 us,
-# kept apart they cost 25% of the step.
-_COUNTERS = (
-    "stiff_mode",  # 1 while the stiff method is in use
-    "switched",  # 1: the method in use starts afresh at this step
-    "streak",  # accepted steps pointing to the other method, since the last reset
-    "contrary",  # consecutive accepted steps that do not
-    "num_switches",
-    "num_steps_nonstiff",
-    "num_steps_stiff",
-    "futile",  # stiff stints that ended because the stiff steps were no longer
-    "rejected_substeps",  # explicit sub-steps rejected by their own error control
-)
-_C = {name: i for i, name in enumerate(_COUNTERS)}
+_COUNTS = ("streak", "contrary", "num_switches", "num_steps_nonstiff", "num_steps_stiff",
+           "futile", "rejected_substeps")  # fmt: skip
+_TIMES = ("time_nonstiff", "time_stiff", "switch_step", "longest_stiff_step")
 
 
 class AutoSwitchState(eqx.Module):
     """`AutoSwitch`'s state as a step reads it; diffrax carries it packed, one flat array per
     dtype (`packed.pack`; `Solution.solver_state.unpack()` gives it back)."""
 
-    counters: Int[Array, " 9"]  # `_COUNTERS`
-    times: Float[Array, " 5"]  # time_nonstiff, time_stiff; the explicit step size before the
-    # switch to the stiff method, the longest stiff step since; the next explicit sub-step
+    stiff_mode: Bool[Array, ""]  # the stiff method is in use
+    switched: Bool[Array, ""]  # the method in use starts afresh at this step
+    streak: Int[Array, ""]  # accepted steps pointing to the other method, since the last reset
+    contrary: Int[Array, ""]  # consecutive accepted steps that do not
+    num_switches: Int[Array, ""]
+    num_steps_nonstiff: Int[Array, ""]
+    num_steps_stiff: Int[Array, ""]
+    futile: Int[Array, ""]  # stiff stints that ended because the stiff steps were no longer
+    rejected_substeps: Int[Array, ""]  # explicit sub-steps rejected by their own error control
+    time_nonstiff: Float[Array, ""]  # time spent in each method
+    time_stiff: Float[Array, ""]
+    switch_step: Float[Array, ""]  # the explicit step size before the switch to the stiff one
+    longest_stiff_step: Float[Array, ""]  # the longest stiff step since
+    next_substep: Float[Array, ""]  # the next explicit sub-step's size
     stiffness_max: Float[Array, ""]
     switch_times: Float[Array, " max_switches"]
     history: tuple[Array, Array, Array, Array]  # t, |lambda|, h |lambda| / B, stiff
@@ -107,20 +106,15 @@ class AutoSwitchState(eqx.Module):
     power_vector: Array  # the stiff side's power-iteration vector (flat, real)
 
     @property
-    def stiff_mode(self) -> Bool[Array, ""]:
-        return self.counters[_C["stiff_mode"]] == 1
-
-    @property
     def stats(self) -> SwitchStats:
-        c = self.counters
         return SwitchStats(
-            num_switches=c[_C["num_switches"]],
+            num_switches=self.num_switches,
             switch_times=self.switch_times,
-            num_steps_nonstiff=c[_C["num_steps_nonstiff"]],
-            num_steps_stiff=c[_C["num_steps_stiff"]],
-            num_rejected_substeps=c[_C["rejected_substeps"]],
-            time_nonstiff=self.times[0],
-            time_stiff=self.times[1],
+            num_steps_nonstiff=self.num_steps_nonstiff,
+            num_steps_stiff=self.num_steps_stiff,
+            num_rejected_substeps=self.rejected_substeps,
+            time_nonstiff=self.time_nonstiff,
+            time_stiff=self.time_stiff,
             stiffness_max=self.stiffness_max,
             history_t=self.history[0],
             history_stiffness=self.history[1],
@@ -509,8 +503,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         tdtype = jnp.result_type(t0, t1)
         real = v.dtype
         state = AutoSwitchState(
-            counters=jnp.zeros(len(_COUNTERS), jnp.int32),
-            times=jnp.zeros(5, tdtype).at[4].set(jnp.asarray(t1 - t0, tdtype)),
+            stiff_mode=jnp.array(False),
+            switched=jnp.array(False),
+            **{name: jnp.array(0, jnp.int32) for name in _COUNTS},
+            **{name: jnp.array(0, tdtype) for name in _TIMES},
+            next_substep=jnp.asarray(t1 - t0, tdtype),
             stiffness_max=jnp.array(0.0, real),
             switch_times=jnp.full((self.max_switches,), jnp.nan, tdtype),
             history=(
@@ -696,7 +693,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             t = jnp.where(ok, tn, jnp.where(finite, t, jnp.nan))
             return pack_scalars(t, h_next, tally), y, keep(f1, f), tally.history, buffers
 
-        h0 = jnp.where(restart, (t1 - t0) / self.substeps, state.times[4]).astype(tdtype)
+        h0 = jnp.where(restart, (t1 - t0) / self.substeps, state.next_substep).astype(tdtype)
         buffers = (
             jnp.full((slots,), jnp.inf, tdtype),
             jnp.full((slots,), jnp.inf, tdtype),
@@ -752,15 +749,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                    made_jump, shapes):  # fmt: skip
         """One step with the stiff method (`stiff`) or the non-stiff one, and the switching
         rule after it: `step`'s result, the new state packed."""
-        c = state.counters
-        switched = c[_C["switched"]] == 1
+        switched = state.switched
         mode = jnp.asarray(stiff)
         stiff_solver = self._stiff_solver()
         tdtype = jnp.result_type(t0, t1)
         h = jnp.asarray(t1 - t0, tdtype)
-        first = c[_C["num_steps_nonstiff"]] + c[_C["num_steps_stiff"]]
+        first = state.num_steps_nonstiff + state.num_steps_stiff
         tally = _Tally(
-            counts=_vector([c[_C["streak"]], c[_C["contrary"]], first, jnp.array(0, jnp.int32)]),
+            counts=_vector([state.streak, state.contrary, first, jnp.array(0, jnp.int32)]),
             stiffness_max=state.stiffness_max,
             history=state.history,
         )
@@ -768,8 +764,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # method's stability limit, the step it was switching from; a stint whose longest
         # step stays short of that is "futile": back, and each futile stint multiplies the
         # evidence needed for the next switch to it by futile_growth.
-        longest = jnp.where(mode, jnp.maximum(state.times[3], h), 0.0)
-        futile = mode & (longest < self.min_gain * state.times[2])
+        longest = jnp.where(mode, jnp.maximum(state.longest_stiff_step, h), 0.0)
+        futile = mode & (longest < self.min_gain * state.switch_step)
 
         if not stiff:
             # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does
@@ -802,48 +798,38 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             unused["t0"] = jnp.full_like(unused["t0"], t0)
             unused["t1"] = jnp.full_like(unused["t1"], t1)
             dense = {"nonstiff": unused, "stiff": dense}
-            ns_state, s_state, h_next = state.nonstiff_state, pack(inner), state.times[4]
+            ns_state, s_state, h_next = state.nonstiff_state, pack(inner), state.next_substep
         tally, v = jax.lax.stop_gradient((tally, v))
         steps = tally.steps - first
-        growth = self.futile_growth ** jnp.minimum(c[_C["futile"]], self._futile_power_cap)
+        growth = self.futile_growth ** jnp.minimum(state.futile, self._futile_power_cap)
         needed = jnp.where(mode, self.nonstiff_after, self.stiff_after * growth)
         # At most max_switches. Back from the stiff method only while a last switch to it
         # remains, unless its stint is futile; to it, once it has been futile, only while a
         # futile return remains (the solve never ends stuck in a futile stiff stint).
-        room = c[_C["num_switches"]] + 1 < self.max_switches
-        left = c[_C["num_switches"]] < self.max_switches
-        may = jnp.where(mode, room | (futile & left), left & (room | (c[_C["futile"]] == 0)))
+        room = state.num_switches + 1 < self.max_switches
+        left = state.num_switches < self.max_switches
+        may = jnp.where(mode, room | (futile & left), left & (room | (state.futile == 0)))
         switch = (tally.streak >= needed) & may
-        counters = _vector(
-            [
-                _int32(mode ^ switch),
-                _int32(switch),
-                jnp.where(switch, 0, tally.streak),
-                jnp.where(switch, 0, tally.contrary),
-                c[_C["num_switches"]] + _int32(switch),
-                c[_C["num_steps_nonstiff"]] + jnp.where(mode, 0, steps),
-                c[_C["num_steps_stiff"]] + jnp.where(mode, steps, 0),
-                jnp.minimum(c[_C["futile"]] + _int32(switch & mode & futile), 10),
-                c[_C["rejected_substeps"]] + tally.rejected,
-            ]
-        )
         # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
         t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
-        index = jnp.minimum(c[_C["num_switches"]], self.max_switches - 1)
+        index = jnp.minimum(state.num_switches, self.max_switches - 1)
         at_index = jnp.arange(self.max_switches, dtype=jnp.int32) == index
         switch_times = jnp.where(switch & at_index, t_real, state.switch_times)
         new_state = AutoSwitchState(
-            counters=counters,
-            times=_vector(
-                [
-                    state.times[0] + jnp.where(mode, 0.0, h),
-                    state.times[1] + jnp.where(mode, h, 0.0),
-                    jnp.where(switch & ~mode, h_next, state.times[2]),
-                    longest,
-                    h_next,
-                ],
-                tdtype,
-            ),
+            stiff_mode=mode ^ switch,
+            switched=switch,
+            streak=jnp.where(switch, 0, tally.streak),
+            contrary=jnp.where(switch, 0, tally.contrary),
+            num_switches=state.num_switches + _int32(switch),
+            num_steps_nonstiff=state.num_steps_nonstiff + jnp.where(mode, 0, steps),
+            num_steps_stiff=state.num_steps_stiff + jnp.where(mode, steps, 0),
+            futile=jnp.minimum(state.futile + _int32(switch & mode & futile), 10),
+            rejected_substeps=state.rejected_substeps + tally.rejected,
+            time_nonstiff=state.time_nonstiff + jnp.where(mode, 0.0, h).astype(tdtype),
+            time_stiff=state.time_stiff + jnp.where(mode, h, 0.0).astype(tdtype),
+            switch_step=jnp.where(switch & ~mode, h_next, state.switch_step).astype(tdtype),
+            longest_stiff_step=jnp.asarray(longest, tdtype),
+            next_substep=jnp.asarray(h_next, tdtype),
             stiffness_max=tally.stiffness_max,
             switch_times=switch_times,
             history=tally.history,
