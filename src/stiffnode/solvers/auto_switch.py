@@ -254,6 +254,12 @@ def _unflatten_like(flat: Array, tree):
     return ravel_pytree(tree)[1](flat.astype(_flat(tree).dtype))
 
 
+def _caller_time(terms, t0, t1) -> Callable[[Array], Array]:
+    """`t ->` `t` as the caller sees it: diffrax runs a reverse-time solve in `-t`."""
+    reverse = jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0
+    return lambda t: jnp.where(reverse, -t, t)
+
+
 def _zeros_like_shapes(tree):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
@@ -266,8 +272,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     Args:
         nonstiff: an explicit Runge-Kutta solver whose last two stages are at `t1` and whose
             last stage is `f(t1, y1)` (Tsit5, Dopri5); its steps are taken from its tableau
-            with the stages written out (`explicit_step.explicit_rk_step`: on Lorenz 0.18
-            against 0.31 us a step in diffrax's stage loop), its dense output is its own.
+            with the stages written out (`explicit_step.explicit_rk_step`, faster than
+            diffrax's stage loop), its dense output is its own.
         stiff: any adaptive diffrax solver (Rodas5P, Rodas3, BDF, Kvaerno5, ...).
         stiff_ratio: a non-stiff step is stability-limited when `h |lambda| > stiff_ratio B`.
         nonstiff_ratio: a stiff step could be explicit when `h |lambda| < nonstiff_ratio B`.
@@ -276,11 +282,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         min_gain: a stiff step shorter than this many times the explicit step before the
             switch counts toward switching back (the stiff method costs more per step).
         futile_growth: each stiff stint ended that way multiplies `stiff_after` by this
-            for the next switch to `stiff`. 8 against 2 (`benchmarks/auto_switching.py`,
-            `futile_growth` section): the digits gradient flow, mildly stiff where BDF never
-            pays, tries the stiff method three times with 2 (399 steps, 1.25x Tsit5's time)
-            and twice with 8 (386 steps, 1.14x). 4 and 16 were tried by hand (before the
-            explicit sub-steps): 16 made HIRES take 378 steps against 277.
+            for the next switch to `stiff` (the choice of 8 is measured in
+            `benchmarks/auto_switching.py`).
         reset_after: the count of steps toward a switch starts again after this many
             consecutive steps that do not point the same way (Hairer's DOPRI5: 15 and 6).
         max_switches: at most this many switches; the last is to `stiff`, which stays,
@@ -304,11 +307,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             next (its error, for the step-size factor only, raised to
             `(h |lambda| / (stability_cap B))**p`, below 1). At the stability limit an
             I-controller grows the step until the error rejects it, every few steps
-            (Hairer & Wanner II, IV.2); the digits gradient flow after a futile stiff stint:
-            423 steps (62 rejected) without it, 386 (11) with it, 1.29x -> 1.20x Tsit5's
-            time. Not applied to sub-steps: on van der Pol mu = 10 it cut the rejected
-            sub-steps 68 -> 53 but took 37 diffrax steps instead of 27, a net loss. None:
-            off.
+            (Hairer & Wanner II, IV.2). Not applied to sub-steps, where it costs more steps
+            than the rejections it saves (`benchmarks/auto_switching.py`). None: off.
         root_finder: the tolerances handed to `stiff` (by default the controller's).
 
     `Solution.stats` (through `stiffnode.solve`) gains `num_switches`, `switch_times`
@@ -561,7 +561,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         size proposed last, below 1 (accepted) while `t1` is reached within `_slots`
         sub-steps, so that the controller's next step holds about `substeps` of them.
         `dense_shape`: `_explicit_dense_shape`'s."""
-        reverse = jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0
+        caller_time = _caller_time(terms, t0, t1)
         tdtype = jnp.result_type(t0, t1)
 
         norm = (self._tolerances() or (None, None, optx.rms_norm))[2]
@@ -592,7 +592,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 scaled = _flat(err) / scale.astype(_flat(err).dtype)
                 ratio_sq = jax.lax.stop_gradient(norm(_unflatten_like(scaled, err))) ** 2
             observed = tally.observe(
-                self, tn - t, jnp.where(reverse, -tn, tn), h_lambda, h_lambda_2, False,
+                self, tn - t, caller_time(tn), h_lambda, h_lambda_2, False,
                 h_lambda > self.stiff_ratio * self.boundary,
             )  # fmt: skip
             return y1, err, dense, f1, observed, ratio_sq, h_lambda
@@ -766,6 +766,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # evidence needed for the next switch to it by futile_growth.
         longest = jnp.where(mode, jnp.maximum(state.longest_stiff_step, h), 0.0)
         futile = mode & (longest < self.min_gain * state.switch_step)
+        t_real = _caller_time(terms, t0, t1)(t1)
 
         if not stiff:
             # (a jump makes an FSAL method evaluate f(t0, y0) afresh: its restart; so does
@@ -788,7 +789,6 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             )
             v, lam = power_iteration_step(terms, t0, t1, y1, args, state.power_vector)
             h_lambda = jax.lax.stop_gradient(h.astype(lam.dtype) * lam)
-            t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
             tally = tally.observe(
                 self, h, t_real, h_lambda, h_lambda, True,
                 (h_lambda < self.nonstiff_ratio * self.boundary) | futile,
@@ -810,8 +810,6 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         left = state.num_switches < self.max_switches
         may = jnp.where(mode, room | (futile & left), left & (room | (state.futile == 0)))
         switch = (tally.streak >= needed) & may
-        # Times as the caller sees them (diffrax runs a reverse-time solve in -t).
-        t_real = jnp.where(jnp.real(jnp.asarray(terms.contr(t0, t1))) < 0, -t1, t1)
         index = jnp.minimum(state.num_switches, self.max_switches - 1)
         at_index = jnp.arange(self.max_switches, dtype=jnp.int32) == index
         switch_times = jnp.where(switch & at_index, t_real, state.switch_times)
