@@ -325,50 +325,48 @@ class BDF(AbstractSelfControlledSolver):
 
         newton_args = (fn_ng, sg(t1), sg(y_predict), sg(c), sg(psi), sg(scale), newton_tol, norm)
         matrix = state.newton
-        stale = matrix.steps_since_jac >= self.jacobian_every
-        matrix, num_jac, num_lu = self._refresh(
-            fn_ng,
-            sg(t1),
-            sg(y_predict),
-            sg(c),
-            matrix,
-            ~matrix.has_jac | stale,
-            force_factor=matrix.steps_since_lu >= self.factor_every,
+        first_new_jac = ~matrix.has_jac | (matrix.steps_since_jac >= self.jacobian_every)
+        first_force = matrix.steps_since_lu >= self.factor_every
+        zero = jnp.array(0, jnp.int32)
+
+        # At most two attempts, in a loop (one copy of the refresh and the Newton iteration
+        # in the program): the first with the Jacobian and factors as they are (refreshed
+        # when stale); if Newton fails with a Jacobian or factors from an earlier step, a
+        # second after a refresh. As CVODE does: if c drifted by more than 20% since the
+        # factorisation, blame the factors and refactorise only; otherwise re-evaluate J too.
+        # Under vmap the second runs only when some lane retries (a batched while loop).
+        def attempt(carry):
+            k, matrix, _, _, _, _, retry, blame_jac, counts = carry
+            first = k == 0
+            matrix, nj, nlu = self._refresh(
+                *newton_args[:4],
+                matrix,
+                jnp.where(first, first_new_jac, blame_jac & retry),
+                force_factor=jnp.where(first, first_force, retry),
+            )
+            matrix = eqx.tree_at(
+                lambda m: m.rate, matrix, jnp.where(first, matrix.rate, jnp.ones_like(matrix.rate))
+            )
+            d, n_iter, converged, jvps, nonfinite, rate = self._newton(*newton_args, matrix)
+            matrix = eqx.tree_at(lambda m: m.rate, matrix, rate)
+            retry = first & ~converged & ~((nj > 0) & (matrix.lu_c == c))
+            blame_jac = (nj == 0) & (jnp.abs(c / matrix.lu_c - 1) <= 0.2)
+            counts = jax.tree.map(jnp.add, counts, (nj, nlu, n_iter, jvps))
+            return k + 1, matrix, d, n_iter, converged, nonfinite, retry, blame_jac, counts
+
+        def again(carry):
+            k, retry = carry[0], carry[6]
+            return (k == 0) | retry
+
+        no = jnp.array(False)
+        init = (zero, matrix, jnp.zeros_like(y_predict), zero, no, no, no, no, (zero,) * 4)
+        attempts, matrix, d, n_iter, converged, nonfinite, _, _, counts = jax.lax.while_loop(
+            again, attempt, init
         )
-        d, n_iter, converged, num_jvp, nonfinite, rate = self._newton(*newton_args, matrix)
-        matrix = eqx.tree_at(lambda m: m.rate, matrix, rate)
-        num_f = num_f + n_iter
-        # Newton failed with a Jacobian or factors from an earlier step: refresh and try
-        # again. As CVODE does: if c drifted by more than 20% since the factorisation, blame
-        # the factors and refactorise only; otherwise re-evaluate J too.
-        fresh_factors = matrix.lu_c == c
-        retry = ~converged & ~((num_jac > 0) & fresh_factors)
-        blame_jac = (num_jac == 0) & (jnp.abs(c / matrix.lu_c - 1) <= 0.2)
-
-        def again(newton_args, matrix, blame_jac, first_attempt):
-            fn, t, y, c = newton_args[:4]
-            m, nj, nlu = self._refresh(fn, t, y, c, matrix, blame_jac, force_factor=True)
-            m = eqx.tree_at(lambda m: m.rate, m, jnp.ones_like(m.rate))
-            d2, it2, conv2, jvp2, nonfinite2, rate2 = self._newton(*newton_args, m)
-            m = eqx.tree_at(lambda m: m.rate, m, rate2)
-            return m, nj, nlu, d2, it2, conv2, jvp2, nonfinite2
-
-        def keep(newton_args, matrix, blame_jac, first_attempt):
-            zero = jnp.array(0, jnp.int32)
-            d, converged, nonfinite = first_attempt
-            return matrix, zero, zero, d, zero, converged, zero, nonfinite
-
-        # Under vmap: the retry runs only when some lane needs it (`lazy_cond`).
-        first_attempt = (d, converged, nonfinite)
-        matrix, nj2, nlu2, d, n_iter2, converged, jvp2, nonfinite = lazy_cond(
-            retry, again, keep, newton_args, matrix, blame_jac, first_attempt
-        )
-        num_jac, num_lu, num_f = num_jac + nj2, num_lu + nlu2, num_f + n_iter2
-        num_jvp = num_jvp + jvp2
-        num_iters = num_f - f_restart
+        num_jac, num_lu, num_iters, num_jvp = counts
+        num_f = num_f + num_iters
         if self.linear_solver == "gmres":  # each Newton solve linearises f: one evaluation
-            num_f = num_f + 1 + retry.astype(num_f.dtype)
-        n_iter = jnp.where(retry, n_iter2, n_iter)
+            num_f = num_f + attempts
         d = self._implicit_gradient(fn, t1, y_predict, c, psi, d)
 
         y_new = y_predict + d
