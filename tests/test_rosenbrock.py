@@ -3,6 +3,7 @@ standard stiff problems against stored Radau references, dense and matrix-free l
 algebra, gradients, statistics, errors."""
 
 
+import diffrax
 import jax
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -180,6 +181,17 @@ def test_gradient_matches_finite_differences(linear_solver):
     g = value_and_grad(k)[1]
     fd = central_difference(lambda k: value_and_grad(k)[0], k, eps)
     np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", [Rodas3(), Rodas5P(), Rosenbrock23()], ids=type)
+def test_dense_info_shape_is_the_steps(solver):
+    """`dense_info_shape` (what `AutoSwitch` reads instead of tracing a step) states the
+    shapes and dtypes of a step's dense information, for a pytree state."""
+    terms = diffrax.ODETerm(lambda t, y, args: jax.tree.map(lambda x: -x, y))
+    y0 = {"a": jnp.ones(2), "b": jnp.ones((2, 3))}
+    state = solver.init(terms, 0.0, 0.1, y0, None)
+    step = jax.eval_shape(lambda: solver.step(terms, 0.0, 0.1, y0, None, state, False)[2])
+    assert solver.dense_info_shape(terms, 0.0, 0.1, y0, None) == step
 
 
 def test_errors():

@@ -39,7 +39,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from .bdf import BDF
 from .explicit_step import explicit_rk_step
 from .packed import Packed, pack
-from .rosenbrock import Rodas5P
+from .rosenbrock import AbstractRosenbrock, Rodas5P
 from .self_controlled import FROM_CONTROLLER, ControllerTolerances
 from .stiffness_estimate import (
     has_stage_estimate,
@@ -729,14 +729,15 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         # the state packed: what runs outside the `lax.cond` is one read of the mode (each
         # value read before it would be a kernel of its own, ready at once: `packed`).
         state: AutoSwitchState = solver_state.unpack()
-        shapes = (
-            self._explicit_dense_shape(terms, t0, t1, y0, args, state),
-            jax.eval_shape(
-                lambda: self._stiff_solver().step(
-                    terms, t0, t1, y0, args, state.stiff_state.unpack(), made_jump
-                )[2]
-            ),
-        )
+        stiff = self._stiff_solver()
+        if isinstance(stiff, AbstractRosenbrock):  # (its shapes without tracing a step)
+            stiff_shape = stiff.dense_info_shape(terms, t0, t1, y0, args)
+        else:  # any other adaptive diffrax solver
+            inner = state.stiff_state.unpack()
+            stiff_shape = jax.eval_shape(
+                lambda: stiff.step(terms, t0, t1, y0, args, inner, made_jump)[2]
+            )
+        shapes = (self._explicit_dense_shape(terms, t0, t1, y0, args, state), stiff_shape)
 
         def branch(stiff: bool):
             return lambda packed: self._step_with(

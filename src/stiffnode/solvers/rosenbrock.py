@@ -316,8 +316,24 @@ class AbstractRosenbrock(AbstractSelfControlledSolver):
         """Evaluations of f per step attempt, `f(t1, y1)` (the next step's first) included."""
 
     @abc.abstractmethod
+    def _num_stages(self) -> int:
+        """The stages `_stages` returns."""
+
+    @abc.abstractmethod
     def _dense_info(self, fn, y0, y1, h, f0, f1, ks) -> dict:
         """What `interpolation_cls` is built from (besides t0, t1), in solver time."""
+
+    def dense_info_shape(self, terms, t0, t1, y0, args) -> dict:
+        """The shapes and dtypes of `step`'s dense information, without tracing a step (for
+        a caller that needs them before stepping, as `AutoSwitch` does)."""
+
+        def dense():
+            fn, flat = FlatField.of(terms, t0, t1, y0, args)
+            z = jnp.zeros_like(flat)
+            h = jnp.asarray(t1 - t0, jnp.result_type(t0, t1)).astype(flat.dtype)
+            return self._dense_info(fn, y0, y0, h, z, z, [z] * self._num_stages())
+
+        return jax.eval_shape(dense)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -459,6 +475,9 @@ class AbstractRodas(AbstractRosenbrock):
         # the stages not sharing an earlier one's evaluation, and f(t1, y1)
         return sum(self.tableau.new_f[1:]) + 1
 
+    def _num_stages(self) -> int:
+        return len(self.tableau.new_f)
+
 
 class Rodas3(AbstractRodas):
     """Rodas3, a stiffly accurate, L-stable Rosenbrock method of order 3 with embedded
@@ -564,6 +583,9 @@ class Rosenbrock23(AbstractRosenbrock):
 
     def _evals_per_attempt(self) -> int:
         return 2  # F1 and F2 (= the next step's F0)
+
+    def _num_stages(self) -> int:
+        return 3
 
     def _dense_info(self, fn, y0, y1, h, f0, f1, ks):
         hk = jnp.stack([h * ks[0], h * ks[1]])
