@@ -16,7 +16,7 @@ import pytest
 
 # XLA:CPU compiles the tests' programs without LLVM's optimisation (the same HLO, the same
 # arithmetic; they are small and run briefly, and compiling them is most of the suite's
-# time: 9 minutes instead of 15 on 2 cores). Inherited by the notebooks' kernels and the
+# time: 8 minutes instead of 15 on 2 cores). Inherited by the notebooks' kernels and the
 # command-line tests' subprocesses; a flag already in `XLA_FLAGS` is kept, and
 # `STIFFNODE_TEST_XLA_OPTIMIZE=1` compiles as users do. (Read when JAX starts its backend,
 # after this.)
