@@ -62,21 +62,6 @@ def _median_seconds(fn, *args, repeats):
     return statistics.median(runs)
 
 
-def _loop_bodies(hlo: str) -> dict[str, dict[str, int]]:
-    """Kernel-level operations at the top level of every while-loop body, by opcode."""
-    computations = {}
-    for text in re.split(r"\n(?=\S)", hlo):
-        match = re.match(r"(?:ENTRY )?%?([\w.\-]+)", text)
-        if match:
-            computations[match.group(1)] = text
-    out = {}
-    for name in set(re.findall(r"body=%?([\w.\-]+)", hlo)):
-        ops = re.findall(r"=\s*[^=]*?\s([a-z][\w-]*)\(", computations.get(name, ""))
-        kernels = [op for op in ops if op not in TRIVIAL]
-        out[name] = {op: kernels.count(op) for op in sorted(set(kernels))}
-    return out
-
-
 _REFERENCE = re.compile(
     r"(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)"
     r"|branch_computations=\{([^}]*)\}"
@@ -92,6 +77,17 @@ def _computations(hlo: str) -> dict[str, str]:
         match = re.match(r"(?:ENTRY )?%?([\w.\-]+)", text)
         if match:
             out[match.group(1)] = text
+    return out
+
+
+def _loop_bodies(hlo: str) -> dict[str, dict[str, int]]:
+    """Kernel-level operations at the top level of every while-loop body, by opcode."""
+    computations = _computations(hlo)
+    out = {}
+    for name in set(re.findall(r"body=%?([\w.\-]+)", hlo)):
+        ops = re.findall(r"=\s*[^=]*?\s([a-z][\w-]*)\(", computations.get(name, ""))
+        kernels = [op for op in ops if op not in TRIVIAL]
+        out[name] = {op: kernels.count(op) for op in sorted(set(kernels))}
     return out
 
 

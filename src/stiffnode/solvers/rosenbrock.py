@@ -518,6 +518,8 @@ class Rodas5P(AbstractRodas):
 # the exact one), with an error estimate of order 3 and an L-stable step.
 _R23_D = float(1 / (2 + np.sqrt(2)))
 _R23_E32 = float(6 + np.sqrt(2))
+
+
 class Rosenbrock23Interpolation(AbstractStepInterpolation):
     """ode23s's dense output: `y(t0 + s h) = y0 + h (s (1 - s) k1 + s (s - 2d) k2) /
     (1 - 2d)` on `[t0, t1]` (`hk` holds `h k1` and `h k2`, leading axis 2)."""
@@ -554,6 +556,7 @@ class Rosenbrock23(AbstractRosenbrock):
     interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
         Rosenbrock23Interpolation
     )
+
     def order(self, terms) -> int:
         return 2
 
